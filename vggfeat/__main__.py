@@ -1,0 +1,3 @@
+from vggfeat.cli import main
+
+main()

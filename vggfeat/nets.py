@@ -1,0 +1,232 @@
+"""The VGG nets of Table 1 (configs A..E) and their fully-convolutional view for dense evaluation.
+
+The classifier path and the state-dict keys follow torchvision's ``VGG`` exactly, so torchvision
+checkpoints load unchanged. ``DenseVGG`` re-reads fc6/fc7/fc8 as 7x7/1x1 convolutions through
+views of the same parameters (no second copy of the 400 MB fc6).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vggfeat.errors import VggfeatError
+
+__all__ = [
+    "CONFIGS",
+    "NETS",
+    "TORCHVISION_NAMES",
+    "VGG",
+    "DenseVGG",
+    "LAYERS",
+    "canonical_net",
+    "build_vgg",
+    "fc_width",
+]
+
+# Table 1. An int is a 3x3 conv with that many output channels, (c, 1) a 1x1 conv (config C),
+# "M" a 2x2 max-pool and "LRN" Krizhevsky's local response normalisation (config A-LRN).
+Layer = Union[int, tuple[int, int], str]
+CONFIGS: dict[str, list[Layer]] = {
+    "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "A-LRN": [64, "LRN", "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "C": [64, 64, "M", 128, 128, "M", 256, 256, (256, 1), "M",
+          512, 512, (512, 1), "M", 512, 512, (512, 1), "M"],  # fmt: skip
+    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
+          512, 512, 512, "M", 512, 512, 512, "M"],  # fmt: skip
+    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
+          512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],  # fmt: skip
+}
+NETS = tuple(CONFIGS)
+# Configs whose layer layout (and so state-dict keys) torchvision ships.
+TORCHVISION_NAMES = {"A": "vgg11", "B": "vgg13", "D": "vgg16", "E": "vgg19"}
+_ALIASES = {v: k for k, v in TORCHVISION_NAMES.items()}
+FC_WIDTH = 4096
+# Layers the dense engine can pool: the paper's descriptor is fc7 (after ReLU).
+LAYERS = ("fc7", "fc6", "pool5")
+
+
+def canonical_net(name: str) -> str:
+    """Map 'D', 'd', 'vgg16', 'A-LRN'... to the Table 1 config letter."""
+    key = name.strip()
+    if key.upper() in CONFIGS:
+        return key.upper()
+    if key.lower() in _ALIASES:
+        return _ALIASES[key.lower()]
+    valid = ", ".join(f"{n} ({TORCHVISION_NAMES[n]})" if n in TORCHVISION_NAMES else n for n in NETS)
+    raise VggfeatError(f"Unknown net {name!r}. Valid nets: {valid}.")
+
+
+def _scaled(channels: int, width: float) -> int:
+    return max(1, int(round(channels * width)))
+
+
+def fc_width(width: float = 1.0) -> int:
+    """Dimension of fc6/fc7 (4096 at full width): the descriptor length."""
+    return _scaled(FC_WIDTH, width)
+
+
+def _make_features(config: Sequence[Layer], width: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    in_channels = 3
+    for item in config:
+        if item == "M":
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+        elif item == "LRN":
+            # Krizhevsky et al. (2012): n=5, alpha=1e-4, beta=0.75, k=2.
+            layers.append(nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0))
+        else:
+            channels, kernel = item if isinstance(item, tuple) else (item, 3)
+            out_channels = _scaled(channels, width)
+            layers.append(nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2))
+            layers.append(nn.ReLU(inplace=True))
+            in_channels = out_channels
+    return nn.Sequential(*layers)
+
+
+class VGG(nn.Module):
+    """A Table 1 VGG with torchvision's module layout and state-dict keys.
+
+    Args:
+        config: Table 1 config letter ('A', 'A-LRN', 'B', 'C', 'D', 'E') or torchvision name.
+        num_classes: Width of fc8.
+        width: Channel multiplier for convs and fc6/fc7; < 1 makes tiny nets for tests.
+        dropout: Dropout probability in the classifier (training only).
+    """
+
+    def __init__(
+        self, config: str = "D", num_classes: int = 1000, width: float = 1.0, dropout: float = 0.5
+    ) -> None:
+        super().__init__()
+        if not width > 0:
+            raise VggfeatError(f"Net width must be positive, got {width}.")
+        self.config = canonical_net(config)
+        self.width = width
+        self.features = _make_features(CONFIGS[self.config], width)
+        # torchvision pools pool5 to 7x7 adaptively; only the classifier path uses it.
+        self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
+        pool5_channels = _scaled(512, width)
+        hidden = fc_width(width)
+        self.classifier = nn.Sequential(
+            nn.Linear(pool5_channels * 7 * 7, hidden),  # fc6
+            nn.ReLU(True),
+            nn.Dropout(p=dropout),
+            nn.Linear(hidden, hidden),  # fc7
+            nn.ReLU(True),
+            nn.Dropout(p=dropout),
+            nn.Linear(hidden, num_classes),  # fc8
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # torchvision's initialisation, so random nets match its statistics.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.constant_(m.bias, 0)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.constant_(m.bias, 0)
+
+    @property
+    def pool5_channels(self) -> int:
+        return self.classifier[0].in_features // 49
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Classifier path on (N, 3, H, W): logits (N, num_classes)."""
+        x = self.features(x)
+        x = self.avgpool(x)
+        return self.classifier(torch.flatten(x, 1))
+
+
+def build_vgg(net: str, width: float = 1.0, num_classes: int = 1000) -> VGG:
+    """Build an uninitialised-from-checkpoint VGG for a Table 1 config."""
+    return VGG(net, num_classes=num_classes, width=width)
+
+
+def _valid_mask(sizes: torch.Tensor, shape: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """(N, 1, H, W) mask that is 1 inside each sample's valid top-left (h, w) region."""
+    rows = torch.arange(shape[0], device=like.device)[None, :] < sizes[:, :1]
+    cols = torch.arange(shape[1], device=like.device)[None, :] < sizes[:, 1:]
+    return (rows[:, None, :, None] & cols[:, None, None, :]).to(like.dtype)
+
+
+class DenseVGG(nn.Module):
+    """Fully-convolutional view of a VGG: fc6 as a 7x7 conv, fc7 and fc8 as 1x1 convs.
+
+    The conv kernels are views of the Linear weights of ``vgg`` (same storage), so loading,
+    casting or moving ``vgg`` is seen here too.
+
+    Mixed-size batches: images are placed top-left on a zero canvas and ``sizes`` gives each
+    one's valid (h, w). Every conv input is re-zeroed outside the valid region, so each image
+    sees exactly the zero padding it would see alone, and the global average pool only covers
+    valid positions: the result equals one-image-at-a-time evaluation.
+    """
+
+    def __init__(self, vgg: VGG) -> None:
+        super().__init__()
+        self.vgg = vgg
+
+    def fc_conv(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(weight, bias) of classifier[index] as a conv: fc6 is 7x7, fc7 and fc8 are 1x1."""
+        linear = self.vgg.classifier[index]
+        out_features, in_features = linear.weight.shape
+        if index == 0:
+            kernel = linear.weight.view(out_features, in_features // 49, 7, 7)
+        else:
+            kernel = linear.weight.view(out_features, in_features, 1, 1)
+        return kernel, linear.bias
+
+    def forward_maps(
+        self, x: torch.Tensor, layer: str = "fc7", sizes: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Dense maps of ``layer`` (after ReLU) for (N, 3, H, W) input.
+
+        Returns:
+            The (N, C, h, w) map and the (N, 2) valid sizes of that map (None if ``sizes`` is).
+        """
+        if layer not in LAYERS and layer != "fc8":
+            raise VggfeatError(f"Unknown layer {layer!r}. Valid layers: {', '.join(LAYERS)}.")
+        for module in self.vgg.features:
+            if sizes is not None and isinstance(module, nn.Conv2d):
+                x = x * _valid_mask(sizes, x.shape[-2:], x)
+            x = module(x)
+            if isinstance(module, nn.MaxPool2d):
+                if sizes is not None:
+                    sizes = torch.div(sizes, 2, rounding_mode="floor")
+        if x.shape[-2] < 7 or x.shape[-1] < 7:
+            raise VggfeatError(
+                f"pool5 map is {tuple(x.shape[-2:])}, smaller than fc6's 7x7: the image's "
+                "smallest side must be at least 224 pixels."
+            )
+        if layer == "pool5":
+            return x, sizes
+        for index, name in ((0, "fc6"), (3, "fc7"), (6, "fc8")):
+            if sizes is not None and index == 0:
+                x = x * _valid_mask(sizes, x.shape[-2:], x)
+                sizes = sizes - 6
+            weight, bias = self.fc_conv(index)
+            x = F.conv2d(x, weight, bias)
+            if name == layer == "fc8":
+                return x, sizes
+            x = F.relu(x, inplace=True)
+            if name == layer:
+                return x, sizes
+        raise AssertionError("unreachable")
+
+    def forward(
+        self, x: torch.Tensor, layer: str = "fc7", sizes: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Global-average-pooled ``layer`` descriptors (N, C) of (N, 3, H, W) input."""
+        maps, valid = self.forward_maps(x, layer, sizes)
+        if valid is None:
+            return maps.mean(dim=(-2, -1))
+        if bool((valid < 1).any()):
+            raise VggfeatError("An image in the batch is smaller than fc6's 7x7 pool5 window.")
+        mask = _valid_mask(valid, maps.shape[-2:], maps)
+        total = (maps * mask).sum(dim=(-2, -1))
+        return total / (valid[:, 0] * valid[:, 1]).to(maps.dtype)[:, None]

@@ -20,7 +20,9 @@ _EXPORTS = {
     "load_weights": "vggfeat.weights",
     "Preprocess": "vggfeat.weights",
     "ExtractConfig": "vggfeat.extract",
-    "extract": "vggfeat.extract",
+    "Extractor": "vggfeat.extract",
+    "extract_to_store": "vggfeat.pipeline",
+    "find_images": "vggfeat.datasets",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -1,0 +1,113 @@
+"""``vggfeat extract``: dense multi-scale descriptors of images into a feature store."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from vggfeat.commands.options import device_option, scales_option, split_csv
+
+__all__ = ["extract", "EXIT_SOME_FAILED"]
+
+# Exit status when the run finished but some images could not be used (see `vggfeat info`).
+EXIT_SOME_FAILED = 3
+
+
+def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
+    """'--weights SRC' applies to every net; '--weights D=SRC' to one."""
+    from vggfeat.errors import VggfeatError
+    from vggfeat.nets import canonical_net
+
+    chosen = {net: "imagenet" for net in nets}
+    for value in values:
+        net, sep, source = value.partition("=")
+        if sep and len(net) <= 6 and not net.startswith(("/", ".")):
+            net = canonical_net(net)
+            if net not in chosen:
+                raise VggfeatError(f"--weights {value} names net {net}, which --net does not ask for.")
+            chosen[net] = source
+        else:
+            chosen = {n: value for n in nets}
+    return chosen
+
+
+@click.command()
+@click.argument("inputs", nargs=-1, type=click.Path(exists=True))
+@click.option("--list", "list_file", type=click.Path(exists=True, dir_okay=False),
+              help="Text file of image paths, one per line (relative to --root).")
+@click.option("--root", type=click.Path(exists=True, file_okay=False),
+              help="Image ids are paths relative to this folder (default: each input folder).")
+@click.option("--net", "nets", multiple=True, default=("D",), show_default=True,
+              help="Net-D (vgg16) and/or Net-E (vgg19): --net D --net E or --net D,E.")
+@click.option("--weights", "weights", multiple=True, default=("imagenet",), show_default=True,
+              help="imagenet (torchvision IMAGENET1K_V1), random, or a weights file; "
+                   "NET=SOURCE sets one net's weights.")
+@click.option("--preprocess", type=click.Choice(["torchvision", "caffe"]),
+              help="Override the preprocessing the weights carry.")
+@click.option("--seed", default=0, show_default=True, help="Seed for --weights random.")
+@scales_option()
+@click.option("--flip/--no-flip", default=True, show_default=True,
+              help="Average with the horizontally flipped image.")
+@click.option("--layer", type=click.Choice(["fc7", "fc6", "pool5"]), default="fc7",
+              show_default=True, help="Layer to pool (after ReLU).")
+@click.option("--batch-size", default=8, show_default=True, help="Images per forward pass.")
+@click.option("--workers", default=2, show_default=True, help="Background decoding processes.")
+@device_option
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
+              show_default=True)
+@click.option("--max-side", default=2048, show_default=True,
+              help="Longest side after rescaling; longer images are centre-cropped (reported).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Feature store (.h5); an existing one is resumed.")
+@click.option("--checkpoint-every", default=256, show_default=True,
+              help="Images per crash-safe part file.")
+@click.option("--width", default=1.0, hidden=True, help="Channel multiplier (tests only).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, flip, layer,
+            batch_size, workers, device, precision, max_side, out, checkpoint_every, width,
+            quiet) -> None:  # fmt: skip
+    """Extract flip-averaged fc7 descriptors of INPUTS (image files or folders) at each scale.
+
+    \b
+    Example:
+      vggfeat extract --net E --scales 256,384,512 --root VOC2007/JPEGImages \\
+          --out voc07_E.h5 VOC2007/JPEGImages
+
+    Exit status: 0 when every image in the store worked, 3 when some failed (listed by
+    `vggfeat info`), 1 on a usage or input error.
+    """
+    from vggfeat.datasets import find_images
+    from vggfeat.extract import ExtractConfig
+    from vggfeat.nets import canonical_net
+    from vggfeat.pipeline import extract_to_store
+    from vggfeat.weights import load_weights
+
+    net_names = list(dict.fromkeys(canonical_net(n) for n in split_csv(nets)))
+    config = ExtractConfig(scales=scales, flip=flip, layer=layer, precision=precision,
+                           device=device, batch_size=batch_size, workers=workers,
+                           max_side=max_side)  # fmt: skip
+    samples = find_images(inputs, root=root, list_file=list_file)
+    sources = _weights_by_net(weights, net_names)
+    loaded = [load_weights(sources[n], n, preprocess, seed=seed, width=width) for n in net_names]
+    for w in loaded:
+        click.echo(f"net {w.net}: {w.label}, {w.preprocess.name} preprocessing", err=True)
+    result = extract_to_store(samples, out, loaded, config, progress=not quiet,
+                              rows_per_part=checkpoint_every)  # fmt: skip
+    s = result.summary
+    click.echo(
+        f"{s.done} images extracted in {s.seconds:.1f} s ({s.images_per_second:.2f} img/s), "
+        f"{len(s.failed)} failed, {len(s.changed)} cropped, {result.skipped} already in store; "
+        f"{len(result.store)} images in {out}"
+    )
+    for id_, reason in s.failed[:10]:
+        click.echo(f"  failed: {id_}: {reason}", err=True)
+    if len(s.failed) > 10:
+        click.echo(f"  ... and {len(s.failed) - 10} more (see `vggfeat info {out}`)", err=True)
+    for id_, note in s.changed[:5]:
+        click.echo(f"  changed: {id_}: {note}", err=True)
+    failed_in_store = len(result.store.failed())
+    if failed_in_store:
+        if failed_in_store > len(s.failed):
+            click.echo(f"{failed_in_store} images in the store failed (see `vggfeat info {out}`)")
+        sys.exit(EXIT_SOME_FAILED)

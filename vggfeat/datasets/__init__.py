@@ -1,0 +1,5 @@
+"""Dataset indexes: a root -> samples (id, path)."""
+
+from vggfeat.datasets.folder import find_images
+
+__all__ = ["find_images"]

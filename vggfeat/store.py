@@ -173,14 +173,41 @@ class FeatureStore:
         """(id, note) of every image that was altered (e.g. cropped) before extraction."""
         return [(i, n) for i, n in zip(self.ids, self.notes) if n]
 
+    def _stem_rows(self) -> dict[str, int]:
+        """Row of each id without its file extension, where that is unambiguous."""
+        if not hasattr(self, "_stems"):
+            counts: dict[str, list[int]] = {}
+            for i, id_ in enumerate(self.ids):
+                counts.setdefault(os.path.splitext(id_)[0], []).append(i)
+            self._stems = {k: v[0] for k, v in counts.items() if len(v) == 1}
+        return self._stems
+
+    def find(self, ids: Sequence[str]) -> np.ndarray:
+        """(N,) store row of each id, -1 where absent.
+
+        An id may omit the file extension ('000005' finds '000005.jpg'), as dataset label
+        files (VOC's ImageSets) name images without it.
+        """
+        stems = None
+        out = np.empty(len(ids), dtype=np.int64)
+        for k, id_ in enumerate(ids):
+            row = self._row.get(id_)
+            if row is None:
+                stems = stems if stems is not None else self._stem_rows()
+                row = stems.get(id_, -1)
+            out[k] = row
+        return out
+
     def rows(self, ids: Sequence[str]) -> np.ndarray:
-        """Store row of each id; raises StoreError naming unknown ids."""
-        missing = [i for i in ids if i not in self._row]
-        if missing:
+        """Store row of each id (see :meth:`find`); raises StoreError naming unknown ids."""
+        rows = self.find(ids)
+        if (rows < 0).any():
+            missing = [ids[k] for k in np.flatnonzero(rows < 0)]
             raise StoreError(
-                f"{len(missing)} ids are not in {self.path} (e.g. {', '.join(missing[:3])})."
+                f"{len(missing)} of {len(ids)} ids are not in {self.path} "
+                f"(e.g. {', '.join(missing[:3])})."
             )
-        return np.array([self._row[i] for i in ids], dtype=np.int64)
+        return rows
 
     def descriptors(self, net: str, scale: int, ids: Sequence[str] | None = None) -> np.ndarray:
         """(N, dim) float32 flip-averaged descriptors of ``net`` at smallest side ``scale``.

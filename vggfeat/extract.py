@@ -187,8 +187,13 @@ class Extractor:
             # fp32 means fp32: TF32 convs would move descriptors by ~1e-3.
             torch.backends.cudnn.allow_tf32 = False
             torch.backends.cuda.matmul.allow_tf32 = False
+        # channels_last: oneDNN and cuDNN convolutions run ~1.5x faster in NHWC.
         self.models: dict[str, tuple[DenseVGG, Preprocess]] = {
-            w.net: (DenseVGG(w.build().to(self.device)).eval(), w.preprocess) for w in weights
+            w.net: (
+                DenseVGG(w.build().to(self.device, memory_format=torch.channels_last)).eval(),
+                w.preprocess,
+            )
+            for w in weights
         }
         dims = {net: self._dim(model) for net, (model, _) in self.models.items()}
         if len(set(dims.values())) != 1:
@@ -240,7 +245,7 @@ class Extractor:
                 # Flip within the image's own extent, so padding stays bottom-right.
                 canvas[2 * i + 1, :h, :w] = im[:, ::-1]
         x = torch.from_numpy(canvas).to(self.device, non_blocking=True).permute(0, 3, 1, 2)
-        x = preprocess.normalize(x)
+        x = preprocess.normalize(x).contiguous(memory_format=torch.channels_last)
         uniform = bool((sizes == sizes[0]).all())
         valid = None if uniform else torch.from_numpy(np.repeat(sizes, copies, 0)).to(self.device)
         with self._autocast():

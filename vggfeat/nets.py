@@ -120,7 +120,8 @@ class VGG(nn.Module):
             nn.Dropout(p=dropout),
             nn.Linear(hidden, num_classes),  # fc8
         )
-        self._init_weights()
+        if self.classifier[0].weight.device.type != "meta":  # meta nets only describe shapes
+            self._init_weights()
 
     def _init_weights(self) -> None:
         # torchvision's initialisation, so random nets match its statistics.

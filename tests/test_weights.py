@@ -148,3 +148,16 @@ def test_imagenet_offline_names_file_and_place(tmp_path, monkeypatch):
     assert "\n" not in message
     with pytest.raises(WeightsError, match="no ImageNet weights for net C"):
         load_weights("imagenet", "C")
+
+
+def test_infer_net_from_keys_or_record(tmp_path):
+    from vggfeat.weights import infer_net
+
+    torch.save(_state("E"), tmp_path / "e.pth")
+    torch.save({"state_dict": _state("D"), "net": "vgg16"}, tmp_path / "d.pt")
+    save_weights(tmp_path / "a.safetensors", _state("A"), "A", PREPROCESS["caffe"])
+    assert infer_net(tmp_path / "e.pth") == "E" and infer_net(tmp_path / "d.pt") == "D"
+    assert infer_net(tmp_path / "a.safetensors") == "A"
+    torch.save({"features.0.weight": torch.zeros(1)}, tmp_path / "x.pth")
+    with pytest.raises(WeightsError):
+        infer_net(tmp_path / "x.pth")

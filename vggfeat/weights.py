@@ -30,6 +30,7 @@ __all__ = [
     "read_weights_metadata",
     "check_state_dict",
     "imagenet_file",
+    "infer_net",
     "sha256_file",
     "WEIGHTS_FORMAT",
 ]
@@ -278,6 +279,27 @@ def _unwrap_checkpoint(obj: dict[str, Any]) -> tuple[dict[str, torch.Tensor], di
     # DistributedDataParallel prefixes every key with 'module.'.
     state = {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     return state, meta
+
+
+def infer_net(path: str | os.PathLike) -> str:
+    """The Table 1 config a .pth/.pt/.safetensors file holds: as recorded, else the one its
+    keys and shapes fit."""
+    from vggfeat.nets import NETS
+
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return canonical_net(read_weights_metadata(path)["net"])
+    state, extra = _unwrap_checkpoint(_torch_load(path))
+    if "net" in extra:
+        return canonical_net(str(extra["net"]))
+    for net in NETS:
+        try:
+            check_state_dict(state, net, what=path.name)
+            return net
+        except WeightsError:
+            continue
+    check_state_dict(state, "D", what=path.name)  # raises, naming what is off for vgg16
+    raise AssertionError("unreachable")
 
 
 def save_weights(

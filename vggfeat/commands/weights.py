@@ -124,30 +124,11 @@ def _describe_weights(w: Any, path: Path, kind: str) -> dict[str, Any]:
     }
 
 
-def _state_dict_net(path: Path) -> str:
-    """The Table 1 config a torch state dict fits (it has no net recorded)."""
-    from vggfeat.errors import WeightsError
-    from vggfeat.nets import NETS
-    from vggfeat.weights import _torch_load, _unwrap_checkpoint, check_state_dict
-
-    state, extra = _unwrap_checkpoint(_torch_load(path))
-    if "net" in extra:
-        return str(extra["net"])
-    for net in NETS:
-        try:
-            check_state_dict(state, net, what=path.name)
-            return net
-        except WeightsError:
-            continue
-    check_state_dict(state, "D", what=path.name)  # raises, naming what is off for vgg16
-    raise AssertionError("unreachable")
-
-
 def describe_file(path: str | Path, format: str = "auto") -> dict[str, Any]:
     """What a weight file holds: our ``.safetensors``, a torch ``.pth``, or an Oxford release
     (read as ``format``: 'caffe', 'keras' or 'auto')."""
     from vggfeat import oxford
-    from vggfeat.weights import load_weights, read_weights_metadata
+    from vggfeat.weights import infer_net, load_weights, read_weights_metadata
 
     path = Path(path)
     suffix = path.suffix.lower()
@@ -155,7 +136,7 @@ def describe_file(path: str | Path, format: str = "auto") -> dict[str, Any]:
         net = read_weights_metadata(path)["net"]
         return _describe_weights(load_weights(str(path), net), path, "vggfeat weights")
     if suffix in (".pth", ".pt"):
-        net = _state_dict_net(path)
+        net = infer_net(path)
         return _describe_weights(load_weights(str(path), net), path, "torch state dict")
     found = oxford.inspect_source(path, format)
     net = found["net"]

@@ -121,18 +121,20 @@ def test_feature_spec_validates_and_round_trips():
     spec = FeatureSpec(["D", "E"], [256, "384"], "average", True)
     assert spec.nets == ("D", "E") and spec.scales == (256, 384)
     assert FeatureSpec.from_dict(spec.to_dict()) == spec
-    assert spec.to_dict()["block_norm"] is True and "per (net, Q)" in spec.to_dict()["normalization"]
+    assert (
+        spec.to_dict()["block_norm"] is True and "per (net, Q)" in spec.to_dict()["normalization"]
+    )
     assert FeatureSpec(("D",), (256, 384), "stack").dim(4096) == 8192
     assert FeatureSpec(("D", "E"), (256, 384, 512), "average").dim(4096) == 8192
     for bad, match in [
-        (dict(nets=(), scales=(256,)), "No nets"),
-        (dict(nets=("D", "D"), scales=(256,)), "repeat"),
-        (dict(nets=("D",), scales=()), "No scales"),
-        (dict(nets=("D",), scales=(256, 256)), "distinct"),
-        (dict(nets=("D",), scales=("big",)), "integers"),
-        (dict(nets=("D",), scales=(256,), aggregate="max"), "Valid: stack, average"),
-        (dict(nets=("D",), scales=(256,), block_norm="yes"), "true or false"),
-        (dict(nets="D", scales=(256,)), "sequences"),
+        ({"nets": (), "scales": (256,)}, "No nets"),
+        ({"nets": ("D", "D"), "scales": (256,)}, "repeat"),
+        ({"nets": ("D",), "scales": ()}, "No scales"),
+        ({"nets": ("D",), "scales": (256, 256)}, "distinct"),
+        ({"nets": ("D",), "scales": ("big",)}, "integers"),
+        ({"nets": ("D",), "scales": (256,), "aggregate": "max"}, "Valid: stack, average"),
+        ({"nets": ("D",), "scales": (256,), "block_norm": "yes"}, "true or false"),
+        ({"nets": "D", "scales": (256,)}, "sequences"),
     ]:
         with pytest.raises(FeatureError, match=match):
             FeatureSpec(**bad)
@@ -149,7 +151,9 @@ def test_resolve_spec_defaults_and_aliases(tmp_path):
     d_only = open_stores([tmp_path / "d.h5"])
     assert resolve_spec(d_only, nets=["vgg16"], aggregate="average").nets == ("D",)
     assert resolve_spec(d_only).scales == (256, 384, 512)
-    with pytest.raises(FeatureError, match=r"e\.h5 holds none of the nets used \(D\); leave it out"):
+    with pytest.raises(
+        FeatureError, match=r"e\.h5 holds none of the nets used \(D\); leave it out"
+    ):
         resolve_spec(stores, nets=["D"])
 
 
@@ -279,7 +283,9 @@ def test_check_provenance_needs_the_model_scales_and_nets(tmp_path):
     prov = feature_provenance(open_stores([tmp_path / "d.h5"]))
     make_store(tmp_path / "small.h5", IDS, store_settings(["D"], [256]))
     with pytest.raises(FeatureError, match=r"Scale 384 is not in small\.h5"):
-        check_provenance(prov, open_stores([tmp_path / "small.h5"]), FeatureSpec(("D",), (256, 384)))
+        check_provenance(
+            prov, open_stores([tmp_path / "small.h5"]), FeatureSpec(("D",), (256, 384))
+        )
     make_store(tmp_path / "e.h5", IDS, store_settings(["E"], [256, 384]))
     with pytest.raises(FeatureError, match="Net 'D' is in none of the stores"):
         check_provenance(prov, open_stores([tmp_path / "e.h5"]), FeatureSpec(("D",), (256,)))

@@ -47,6 +47,9 @@ __all__ = [
     "Row",
     "combine_stores",
     "diff_settings",
+    "first_difference",
+    "weights_identity",
+    "comparable_settings",
     "parts_dir",
 ]
 
@@ -63,20 +66,45 @@ def parts_dir(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + ".parts")
 
 
-def diff_settings(have: Any, want: Any, where: str = "") -> str | None:
-    """First difference between two settings trees, as 'key: store has X, this run Y'."""
-    if isinstance(have, Mapping) and isinstance(want, Mapping):
-        for key in sorted(set(have) | set(want)):
+def first_difference(a: Any, b: Any, where: str = "") -> tuple[str, Any, Any] | None:
+    """First differing leaf of two settings trees, as (dotted key, value in a, value in b)."""
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        for key in sorted(set(a) | set(b), key=str):
             sub = f"{where}.{key}" if where else str(key)
-            if key not in have or key not in want:
-                return f"{sub}: store has {have.get(key)!r}, this run {want.get(key)!r}"
-            found = diff_settings(have[key], want[key], sub)
+            if key not in a or key not in b:
+                return sub, a.get(key), b.get(key)
+            found = first_difference(a[key], b[key], sub)
             if found:
                 return found
         return None
-    if isinstance(have, (list, tuple)) and isinstance(want, (list, tuple)):
-        have, want = list(have), list(want)
-    return None if have == want else f"{where or 'settings'}: store has {have!r}, this run {want!r}"
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        a, b = list(a), list(b)
+    return None if a == b else (where or "settings", a, b)
+
+
+def weights_identity(provenance: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What identifies a net's weights: the file hash (or the label of hash-less random
+    weights), its preprocessing and width; not the path it was loaded from."""
+    prov = dict(provenance or {})
+    ident = {k: prov.get(k) for k in ("net", "preprocess", "width")}
+    if prov.get("sha256"):
+        ident["sha256"] = prov["sha256"]
+    else:
+        ident["label"] = prov.get("label")
+    return ident
+
+
+def comparable_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """Settings with each net's weights reduced to their identity, for equality checks."""
+    weights = settings.get("weights", {})
+    return {**settings, "weights": {net: weights_identity(p) for net, p in weights.items()}}
+
+
+def diff_settings(have: Mapping[str, Any], want: Mapping[str, Any]) -> str | None:
+    """First difference that matters between two stores' settings, as 'key: store has X,
+    this run Y'; None when they agree."""
+    found = first_difference(comparable_settings(have), comparable_settings(want))
+    return None if found is None else f"{found[0]}: store has {found[1]!r}, this run {found[2]!r}"
 
 
 @dataclass

@@ -1,0 +1,428 @@
+"""``vggfeat svm``: fit, evaluate and apply one-vs-rest linear SVMs on stored descriptors.
+
+Heavy imports (numpy, h5py, scikit-learn, matplotlib) stay inside the commands, so
+``vggfeat --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vggfeat.commands.options import device_option, parse_scales, split_csv
+
+__all__ = ["SPEC_FORMAT", "SPEC_VERSION", "evaluate", "fit", "predict", "svm"]
+
+SPEC_FORMAT = "vggfeat-svm-spec"
+SPEC_VERSION = 1
+
+# ----------------------------------------------------------------------------- shared options
+
+features_option = click.option(
+    "--features",
+    "features",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Feature store (.h5). Repeat to late-fuse nets from several stores (--features "
+    "voc07_D.h5 --features voc07_E.h5).",
+)
+labels_option = click.option(
+    "--labels",
+    "labels_path",
+    required=True,
+    type=click.Path(exists=True),
+    help="Labels: a CSV/TSV file (id,label or id,class,label[,split]), a VOC ImageSets/Main "
+    "folder, or a folder of class folders (Caltech).",
+)
+model_option = click.option(
+    "--model",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="Model file written by `vggfeat svm fit`.",
+)
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
+_SPLIT_HELP = (
+    "a split name (a 'split' column value, or a VOC split such as trainval/test), a file of "
+    "ids (one per line), or the Caltech protocol caltech:N_TRAIN:N_TEST:SEED (e.g. "
+    "caltech:30:50:0; N_TEST may be 'all'), whose {part} part is used"
+)
+
+
+def _note(message: str, quiet: bool = False) -> None:
+    if not quiet:
+        click.echo(message, err=True)
+
+
+def _parse_cs(value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    from vggfeat.svm import DEFAULT_CS
+
+    if value.strip().lower() == "default":
+        return [float(c) for c in DEFAULT_CS]
+    try:
+        cs = [float(c) for c in split_csv(value)]
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers.") from None
+    if not cs or min(cs) <= 0:
+        raise click.BadParameter(f"{value!r}: give one or more positive C values.")
+    return cs
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in ("vggfeat", "numpy", "scikit-learn", "h5py", "torch"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+class _Progress:
+    """A tqdm bar driven by the SVM's ``progress(done, total)`` callback."""
+
+    def __init__(self, desc: str, disable: bool) -> None:
+        self.desc, self.disable, self.bar = desc, disable, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:  # made on the first report, when the total is known
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=self.desc, total=total, unit="step", disable=self.disable,
+                            file=sys.stderr)  # fmt: skip
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _training_targets(labels: Any, difficult: str, split: str) -> Any:
+    """The ``y`` to fit on: difficult (0) kept as 0 (ignored) or made -1; refuses a class
+    without positive (or, multi-label, negative) examples."""
+    from vggfeat.labels import LabelsError
+
+    y = labels.y.copy()
+    if labels.multilabel and difficult == "negative":
+        y[y == 0] = -1
+    for k, name in enumerate(labels.classes):
+        col = y[:, k] if labels.multilabel else (y == k)
+        positives = int((col == 1).sum()) if labels.multilabel else int(col.sum())
+        if positives == 0:
+            raise LabelsError(
+                f"Class {name!r} has no positive training example in split {split!r} "
+                f"({len(labels)} images); add positives or remove the class from the labels."
+            )
+        if labels.multilabel and not (col == -1).any():
+            raise LabelsError(
+                f"Class {name!r} has no negative training example in split {split!r}; a "
+                "one-vs-rest SVM needs both."
+            )
+    return y
+
+
+def _load_model(model: str) -> tuple[Any, dict[str, Any]]:
+    from vggfeat.errors import VggfeatError
+    from vggfeat.svm import load_svm
+
+    clf, spec = load_svm(model)
+    if spec.get("format") != SPEC_FORMAT:
+        raise VggfeatError(f"{model} was not written by `vggfeat svm fit` (no {SPEC_FORMAT} spec).")
+    if int(spec.get("format_version", 0)) > SPEC_VERSION:
+        raise VggfeatError(
+            f"{model} has spec version {spec['format_version']}; this vggfeat reads up to "
+            f"{SPEC_VERSION}: upgrade vggfeat."
+        )
+    return clf, spec
+
+
+def _model_features(model: str, spec: dict[str, Any], features: tuple[str, ...]):
+    """Open the stores and check they hold the features the model was fit on."""
+    from vggfeat.features import FeatureSpec, check_provenance, open_stores
+
+    fspec = FeatureSpec.from_dict(spec["features"])
+    stores = open_stores(features)
+    check_provenance(spec["provenance"], stores, fspec, model=Path(model).name)
+    return fspec, stores
+
+
+def _test_targets(labels: Any, spec: dict[str, Any]) -> Any:
+    """Test labels arranged as the model's classes: (N, K) {1,-1,0} or (N,) class indices."""
+    import numpy as np
+
+    from vggfeat.labels import LabelsError
+
+    info = spec["labels"]
+    classes = list(info["classes"])
+    if labels.multilabel != info["multilabel"]:
+        kind = "multi-label" if info["multilabel"] else "multi-class"
+        raise LabelsError(f"The model is {kind} but {labels.source} is not; give matching labels.")
+    if labels.multilabel:
+        missing = [c for c in classes if c not in labels.classes]
+        if missing:
+            raise LabelsError(
+                f"{labels.source} has no labels for class {', '.join(missing[:3])} of the model; "
+                "give labels for every class the model knows."
+            )
+        return labels.y[:, [labels.classes.index(c) for c in classes]]
+    index = {c: k for k, c in enumerate(classes)}
+    names = [labels.classes[k] for k in labels.y]
+    unknown = sorted({n for n in names if n not in index})
+    if unknown:
+        raise LabelsError(
+            f"Test images have class {', '.join(unknown[:3])} that the model was not trained on; "
+            "drop them from the test split."
+        )
+    return np.array([index[n] for n in names], dtype=np.int64)
+
+
+def _check_test_split(spec: dict[str, Any], test_split: str) -> str | None:
+    """Refuse a Caltech test split drawn differently from the model's; warn on reuse."""
+    from vggfeat.labels import LabelsError, parse_caltech_split
+
+    train_split = spec["labels"].get("train_split", "")
+    if train_split.startswith("caltech:") and test_split.startswith("caltech:"):
+        if str(parse_caltech_split(train_split)) != str(parse_caltech_split(test_split)):
+            raise LabelsError(
+                f"The model was trained on the train part of {train_split}; test with "
+                f"--test-split {train_split}, as another draw overlaps its training images."
+            )
+        return None
+    if train_split == test_split:
+        return f"note: testing on {test_split!r}, the split the model was trained on."
+    return None
+
+
+# ----------------------------------------------------------------------------- commands
+
+
+@click.group()
+def svm() -> None:
+    """One-vs-rest linear SVMs on stored descriptors: fit, eval, predict.
+
+    \b
+    Example (VOC-2007, Net-D and Net-E late-fused, scales averaged):
+      vggfeat svm fit --features voc07_D.h5 --features voc07_E.h5 --aggregate average \\
+          --labels VOC2007/ImageSets/Main --train-split trainval --Cs default --out voc07.h5
+      vggfeat svm eval --model voc07.h5 --features voc07_D.h5 --features voc07_E.h5 \\
+          --labels VOC2007/ImageSets/Main --test-split test --json voc07.json --plots plots/
+    """
+
+
+@svm.command()
+@features_option
+@click.option("--nets", help="Nets to late-fuse, in stacking order, e.g. D,E (default: every "
+              "net in the stores, in the order given).")  # fmt: skip
+@click.option("--scales", callback=parse_scales, help="Scales Q to use, comma-separated, e.g. "
+              "256,384,512 (default: every scale the stores share).")  # fmt: skip
+@click.option("--aggregate", type=click.Choice(["stack", "average"]), default="stack",
+              show_default=True, help="Combine scales: stack (Caltech) or average (VOC).")  # fmt: skip
+@click.option("--block-norm/--no-block-norm", default=False, show_default=True,
+              help="Also L2-normalise each (net, Q) block and each net's block before they "
+                   "are combined; the row is L2-normalised either way.")  # fmt: skip
+@labels_option
+@click.option("--train-split", required=True, help="Training images: " + _SPLIT_HELP.format(
+              part="train") + ".")  # fmt: skip
+@click.option("--difficult", type=click.Choice(["exclude", "negative"]), default="exclude",
+              show_default=True, help="Multi-label images marked difficult (0): left out of "
+              "that class's training, or used as negatives.")  # fmt: skip
+@click.option("--loss", type=click.Choice(["squared_hinge", "hinge"]), default="squared_hinge",
+              show_default=True)  # fmt: skip
+@click.option("--C", "c", type=float, default=None, help="Fixed C for every class "
+              "[default: 1.0 unless --Cs].")  # fmt: skip
+@click.option("--Cs", "cs", help="Choose C per class from these, comma-separated, or 'default' "
+              "for the built-in grid.")  # fmt: skip
+@click.option("--cv", type=click.IntRange(min=2), default=None,
+              help="Cross-validation folds for --Cs [default: 3].")  # fmt: skip
+@click.option("--holdout", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+              default=None, help="Choose C on this held-out fraction of the training images "
+              "instead of folds (paper, Caltech: 0.2).")  # fmt: skip
+@click.option("--max-iter", default=1000, show_default=True, help="Solver iterations.")
+@click.option("--tol", default=1e-4, show_default=True, help="Solver tolerance.")
+@device_option
+@click.option("--seed", default=0, show_default=True, help="Random state of folds/holdout.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Model file (.h5).")
+@quiet_option
+def fit(features, nets, scales, aggregate, block_norm, labels_path, train_split, difficult, loss,
+        c, cs, cv, holdout, max_iter, tol, device, seed, out, quiet) -> None:  # fmt: skip
+    """Fit one-vs-rest linear SVMs on the descriptors of the training split.
+
+    Prints the C chosen for each class and writes the model, with the feature spec, the stores'
+    provenance and the label choices, to --out.
+    """
+    from vggfeat.features import design_matrix, feature_provenance, open_stores, resolve_spec
+    from vggfeat.labels import read_labels, resolve_split
+    from vggfeat.report import fit_table
+    from vggfeat.svm import SVMClassifier, save_svm
+
+    if c is not None and cs is not None:
+        raise click.UsageError("Give --C (one fixed C) or --Cs (a grid to choose from), not both.")
+    if cv is not None and holdout is not None:
+        raise click.UsageError("Give --cv (folds) or --holdout (a fraction), not both.")
+    grid = _parse_cs(cs)
+    if grid is None and (cv is not None or holdout is not None):
+        raise click.UsageError("--cv and --holdout choose C: they need --Cs.")
+
+    stores = open_stores(features)
+    spec = resolve_spec(stores, split_csv(nets) if nets else None, scales, aggregate, block_norm)
+    labels = read_labels(labels_path)
+    for note in labels.notes:
+        _note(f"note: {note}", quiet)
+    ids = resolve_split(labels, train_split, part="train")
+    train = labels.select(ids, role="training")
+    y = _training_targets(train, difficult, train_split)
+    x = design_matrix(stores, ids, spec, role="training")
+    _note(
+        f"Training on {len(ids)} images x {x.shape[1]} features ({'+'.join(spec.nets)} at "
+        f"{','.join(map(str, spec.scales))}, {spec.aggregate}), {len(labels.classes)} classes.",
+        quiet,
+    )
+
+    clf = SVMClassifier(
+        C=1.0 if c is None else c, Cs=grid, cv=3 if cv is None else cv, holdout=holdout,
+        loss=loss, tol=tol, max_iter=max_iter, device=device, random_state=seed,
+    )  # fmt: skip
+    bar = _Progress("fitting SVMs", disable=quiet)
+    try:
+        clf.fit(x, y, progress=bar)
+    finally:
+        bar.close()
+
+    counts = train.counts()
+    click.echo(fit_table(train.classes, clf.C_, counts, clf.cv_scores_ if grid else None))
+    model_spec = {
+        "format": SPEC_FORMAT,
+        "format_version": SPEC_VERSION,
+        "features": spec.to_dict(),
+        "provenance": feature_provenance(stores),
+        "labels": {
+            "source": str(labels_path),
+            "classes": list(train.classes),
+            "multilabel": train.multilabel,
+            "difficult": difficult if train.multilabel else "none",
+            "train_split": train_split,
+            "n_train": len(ids),
+            "counts": counts,
+        },
+        "selection": {
+            "Cs": grid,
+            "method": None if grid is None else ("holdout" if holdout else "cv"),
+            "cv": None if grid is None or holdout else clf.cv,
+            "holdout": holdout,
+        },
+        "versions": _versions(),
+    }
+    save_svm(out, clf, model_spec)
+    click.echo(f"Wrote {out}: {len(train.classes)} classes, {x.shape[1]}-d features.")
+
+
+@svm.command("eval")
+@model_option
+@features_option
+@labels_option
+@click.option("--test-split", required=True, help="Test images: " + _SPLIT_HELP.format(
+              part="test") + ".")  # fmt: skip
+@click.option("--ap", "ap_method", type=click.Choice(["11point", "area"]), default="11point",
+              show_default=True, help="AP definition (multi-label): 11-point interpolated "
+              "(VOC-2007 devkit) or area under the curve (VOC-2010+).")  # fmt: skip
+@click.option("--json", "json_path", type=click.Path(dir_okay=False),
+              help="Also write the results as JSON here.")  # fmt: skip
+@click.option("--plots", type=click.Path(file_okay=False), help="Write PNG plots here: "
+              "precision-recall per class (multi-label) or a confusion matrix (multi-class).")  # fmt: skip
+@quiet_option
+def evaluate(model, features, labels_path, test_split, ap_method, json_path, plots,
+             quiet) -> None:  # fmt: skip
+    """Score the test split: AP per class and mAP (multi-label, difficult images ignored), or
+    recall per class, mean class recall and top-1/top-5 error (multi-class)."""
+    import numpy as np
+
+    from vggfeat.features import design_matrix
+    from vggfeat.labels import read_labels, resolve_split
+    from vggfeat.report import (
+        evaluate_multiclass,
+        evaluate_multilabel,
+        plot_confusion,
+        plot_pr_curves,
+        results_table,
+        write_json,
+    )
+
+    clf, spec = _load_model(model)
+    fspec, stores = _model_features(model, spec, features)
+    labels = read_labels(labels_path)
+    warning = _check_test_split(spec, test_split)
+    if warning:
+        _note(warning, quiet)
+    ids = resolve_split(labels, test_split, part="test")
+    y = _test_targets(labels.select(ids, role="test"), spec)
+    scores = clf.decision_function(design_matrix(stores, ids, fspec, role="test"))
+    classes = spec["labels"]["classes"]
+    if spec["labels"]["multilabel"]:
+        results = evaluate_multilabel(scores, y, classes, ap_method)
+    else:
+        results = evaluate_multiclass(scores, y, classes)
+    results = {
+        **results,
+        "model": str(model),
+        "features": [str(f) for f in features],
+        "feature_spec": fspec.to_dict(),
+        "labels": str(labels_path),
+        "test_split": test_split,
+        "train_split": spec["labels"].get("train_split"),
+    }
+    click.echo(results_table(results))
+    if json_path:
+        write_json(json_path, results)
+        _note(f"Wrote {json_path}.", quiet)
+    if plots:
+        if results["task"] == "multilabel":
+            written = plot_pr_curves(plots, scores, y, results)
+        else:
+            written = [plot_confusion(Path(plots) / "confusion.png", y,
+                                      np.argmax(scores, axis=1), results)]  # fmt: skip
+        _note(f"Wrote {len(written)} plot(s) to {plots}.", quiet)
+
+
+@svm.command()
+@model_option
+@features_option
+@click.option("--ids", "ids_file", type=click.Path(exists=True, dir_okay=False),
+              help="File of image ids to score, one per line (default: every image in the "
+              "stores that extracted successfully).")  # fmt: skip
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="CSV: id, score_<class> per class, predicted.")  # fmt: skip
+@quiet_option
+def predict(model, features, ids_file, out, quiet) -> None:
+    """Score images with a fitted model; writes per-class scores and predicted labels as CSV."""
+    from vggfeat.features import design_matrix, net_sources
+    from vggfeat.labels import read_id_list
+    from vggfeat.report import write_scores_csv
+
+    clf, spec = _load_model(model)
+    fspec, stores = _model_features(model, spec, features)
+    if ids_file:
+        ids = read_id_list(ids_file)
+        if not ids:
+            raise click.ClickException(f"{ids_file} lists no ids.")
+    else:
+        first = net_sources(stores, fspec.nets)[fspec.nets[0]]
+        ids = [i for i, ok in zip(first.ids, first.ok) if ok]
+        skipped = len(first) - len(ids)
+        if skipped:
+            _note(f"note: skipped {skipped} images whose extraction failed in {first.path.name}.",
+                  quiet)  # fmt: skip
+    scores = clf.decision_function(design_matrix(stores, ids, fspec, role="requested"))
+    info = spec["labels"]
+    write_scores_csv(out, ids, info["classes"], scores, info["multilabel"])
+    click.echo(f"Wrote scores of {len(ids)} images x {len(info['classes'])} classes to {out}.")

@@ -1,0 +1,834 @@
+"""One-vs-rest linear SVMs with C chosen per class, solved on one shared Gram matrix; model files.
+
+:class:`SVMClassifier` solves, for each class, the problem scikit-learn's ``LinearSVC``
+(liblinear) solves, with the same bias treatment: x is augmented with a constant feature
+``intercept_scaling`` = s, so that the bias is regularised like any weight::
+
+    min_{w, b}  1/2 |w|^2 + 1/2 b^2 + C * sum_i loss(y_i (w . x_i + s b))
+
+with ``loss`` the hinge ``max(0, 1 - m)`` or the squared hinge ``max(0, 1 - m)^2``; the reported
+``intercept_`` is ``s * b``. It works in the dual, where every problem sees the data only
+through the kernel ``K = X X^T + s^2``: one (N, N) Gram matrix serves every class, every C of
+the grid and every cross-validation fold (a fold's problem uses the fold's rows and columns of
+K). All (class, C) problems of a fold are solved together by dual coordinate descent, the
+method of liblinear, with the problems as the columns of matrices: a block of coordinates is
+updated exactly, one coordinate after another, and the decision values of all rows are then
+brought up to date with one matrix product. Convergence uses liblinear's test: the range of
+the projected gradient over all coordinates is at most ``tol``. Chosen Cs are refitted on all
+training rows, warm-started from the fold solutions, and the weights ``w = sum_i a_i y_i x_i``
+are formed once at the end.
+
+Model files (HDF5, no pickle; format ``vggfeat-svm`` version 1):
+
+    /            attrs: format, format_version, params (JSON), spec (JSON), versions (JSON),
+                        created, target ("multiclass" | "multilabel")
+    /classes     (K,) utf-8 strings; attrs: dtype (numpy dtype of classes_), kind (str|int|float|bool)
+    /coef        (K, D) float64
+    /intercept   (K,) float64
+    /C           (K,) float64: the C used for each class
+    /Cs          (M,) float64: the grid searched
+    /cv_scores   (K, M) float64: mean validation AP per class and C (NaN where not measured)
+    /n_iter      (K,) int64: epochs of the final fit per class
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import sys
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.utils import check_random_state
+from sklearn.utils.validation import check_is_fitted
+
+from vggfeat.errors import VggfeatError
+from vggfeat.metrics import average_precision
+
+__all__ = ["SVMClassifier", "save_svm", "load_svm", "DEFAULT_CS", "LOSSES", "FORMAT"]
+
+#: Default grid of C: 10^-2 .. 10^1.5 in half-decade steps (8 values). For L2-normalised,
+#: non-negative descriptors every |x| = 1, so C is the weight of one margin violation against
+#: the unit-scale regulariser: below 10^-2 the bias and the mean direction dominate, and above
+#: about 30 the training data (N < D) are separated and larger C changes nothing.
+DEFAULT_CS: tuple[float, ...] = tuple(float(10.0**e) for e in np.arange(-2.0, 1.75, 0.5))
+
+LOSSES = ("hinge", "squared_hinge")
+FORMAT = "vggfeat-svm"
+FORMAT_VERSION = 1
+
+_BLOCK = 64  # coordinates per block: one (N, B) x (B, P) product per block
+_GRAM_BLOCK = 1024  # rows per block of the Gram matrix
+_REFRESH = 10  # epochs between exact recomputations of the decision values
+_PREDICT_ROWS = 2048
+_DTYPE = "float64"
+
+Progress = Callable[[int, int], None]
+
+
+class SVMClassifier(ClassifierMixin, BaseEstimator):
+    """One-vs-rest linear SVMs, with C chosen per class by cross-validated AP.
+
+    Each class gets the solution scikit-learn's ``LinearSVC(dual=True)`` finds with the same
+    C, loss, ``fit_intercept`` and ``intercept_scaling``, to solver tolerance.
+
+    Args:
+        C: Regularisation weight used for every class when ``Cs`` is None.
+        Cs: Grid of C (e.g. :data:`DEFAULT_CS`); if given, each class gets the C of the grid
+            with the best mean validation AP ("area"), ties going to the smaller C, and is
+            then refitted on all the training data. A one-value grid is used without
+            validation.
+        cv: Number of stratified cross-validation folds used to choose C.
+        holdout: If set, choose C on one stratified held-out fraction of the training data
+            (e.g. 0.2, the paper's Caltech protocol) instead of ``cv`` folds.
+        loss: ``"squared_hinge"`` (liblinear's L2-loss, LinearSVC's default) or ``"hinge"``.
+        fit_intercept: Learn a bias (regularised, as in liblinear).
+        intercept_scaling: Value s of the constant feature appended to x for the bias.
+        tol: Stopping tolerance on the range of the dual projected gradient (liblinear's
+            ``eps``).
+        max_iter: Maximum epochs (passes over the coordinates) per problem.
+        device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or
+            ``"cuda:N"``; where the Gram matrix and matrix products run.
+        random_state: Seed for the folds and the coordinate order.
+        verbose: Print stages, epochs and timings to stderr.
+
+    Attributes:
+        classes_: (K,) class labels (multi-class: sorted unique ``y``; multi-label:
+            ``arange(K)``).
+        coef_: (K, D) weights. intercept_: (K,) biases (``s * b``).
+        C_: (K,) C used per class. Cs_: (M,) grid searched (``[C]`` without a grid).
+        cv_scores_: (K, M) mean validation AP (NaN where not measured).
+        n_iter_: (K,) epochs of the final fit. n_features_in_: D.
+        cv_fold_: (N,) validation part of each training row in the C selection (-1: used
+            only for training); None without selection.
+        multilabel_: Whether ``y`` was a (N, K) VOC label matrix.
+
+    Example:
+        >>> clf = SVMClassifier(Cs=DEFAULT_CS).fit(X_train, Y_train)  # Y_train (N, 20) in 1/-1/0
+        >>> scores = clf.decision_function(X_test)                     # (N_test, 20)
+    """
+
+    def __init__(
+        self,
+        C: float = 1.0,
+        Cs: Sequence[float] | None = None,
+        cv: int = 3,
+        holdout: float | None = None,
+        loss: str = "squared_hinge",
+        fit_intercept: bool = True,
+        intercept_scaling: float = 1.0,
+        tol: float = 1e-4,
+        max_iter: int = 1000,
+        device: str = "auto",
+        random_state: Any = 0,
+        verbose: bool = False,
+    ) -> None:
+        self.C = C
+        self.Cs = Cs
+        self.cv = cv
+        self.holdout = holdout
+        self.loss = loss
+        self.fit_intercept = fit_intercept
+        self.intercept_scaling = intercept_scaling
+        self.tol = tol
+        self.max_iter = max_iter
+        self.device = device
+        self.random_state = random_state
+        self.verbose = verbose
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.classifier_tags.multi_label = True
+        tags.target_tags.multi_output = True
+        return tags
+
+    def fit(self, X: Any, y: Any, progress: Progress | None = None) -> SVMClassifier:
+        """Choose C per class (if ``Cs``) and fit one linear SVM per class.
+
+        Args:
+            X: (N, D) features (finite; float32 recommended).
+            y: (N,) class labels of any sortable type, one-vs-rest; or (N, K) VOC labels in
+                {1, -1, 0}, one problem per column, 0 (difficult) rows left out of that
+                column's problem.
+            progress: Called as ``progress(done, total)`` as work finishes; the units are
+                blocks of the Gram matrix and (class, C, fold) problems.
+
+        Returns:
+            self.
+        """
+        import torch
+
+        opts = _check_params(self)
+        X = _check_X(X, "X")
+        Y, classes, multilabel = _encode_targets(y, len(X))
+        n, dim = X.shape
+        K = Y.shape[1]
+        rng = np.random.default_rng(check_random_state(self.random_state).randint(2**31 - 1))
+        device = _resolve_device(self.device)
+        dtype = getattr(torch, _DTYPE)
+        log = _Log(self.verbose)
+        grid = opts["Cs"]
+        select = grid is not None and len(grid) > 1
+        splits = _make_splits(Y, multilabel, classes, opts, rng) if select else []
+        n_gram = math.ceil(n / _GRAM_BLOCK)
+        total = n_gram + K * (len(grid) if select else 0) * len(splits) + K
+        ticker = _Ticker(progress, total)
+        squared = self.loss == "squared_hinge"
+        scale = float(self.intercept_scaling) if self.fit_intercept else 0.0
+
+        t0 = time.perf_counter()
+        gram = _gram(X, scale, device, dtype, ticker)
+        log(f"Gram {n}x{n} from D={dim} on {device}: {time.perf_counter() - t0:.1f}s")
+
+        if grid is None:
+            grid = np.array([float(self.C)])
+        Cs = np.asarray(grid, dtype=np.float64)
+        scores = np.full((K, len(Cs)), np.nan)
+        chosen = np.full(K, Cs[0])
+        warm = None
+        if select:
+            # Columns are (class, C) pairs, class-major: column k * M + c.
+            col_C = np.tile(Cs, K)
+            col_Y = np.repeat(Y, len(Cs), axis=1)
+            fold_ap = np.full((len(splits), K, len(Cs)), np.nan)
+            alpha_sum = np.zeros((n, K * len(Cs)))
+            alpha_cnt = np.zeros(n)
+            for f, (tr, va) in enumerate(splits):
+                t1 = time.perf_counter()
+                tr_t = torch.from_numpy(tr).to(device)
+                sub = gram.index_select(0, tr_t).index_select(1, tr_t)
+                alpha, n_iter = _solve_dual(
+                    sub, col_Y[tr], col_C, squared, opts, rng, ticker=ticker,
+                    what=f"fold {f + 1}/{len(splits)}",
+                )  # fmt: skip
+                del sub
+                cross = gram.index_select(0, torch.from_numpy(va).to(device)).index_select(1, tr_t)
+                beta = torch.from_numpy(alpha * col_Y[tr]).to(device, dtype)
+                val = (cross @ beta).cpu().numpy().astype(np.float64)
+                del cross
+                for k in range(K):
+                    labels = Y[va, k]
+                    if (labels > 0).any():
+                        for c in range(len(Cs)):
+                            fold_ap[f, k, c] = average_precision(
+                                val[:, k * len(Cs) + c], labels, "area"
+                            )
+                alpha_sum[tr] += alpha
+                alpha_cnt[tr] += 1
+                log(
+                    f"fold {f + 1}/{len(splits)}: {len(tr)} train, {len(va)} validation rows, "
+                    f"{K * len(Cs)} problems, epochs max {n_iter.max()} "
+                    f"median {int(np.median(n_iter))}: {time.perf_counter() - t1:.1f}s"
+                )
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN rows handled below
+                scores = np.nanmean(fold_ap, axis=0)
+            for k in range(K):
+                if np.isnan(scores[k]).all():
+                    raise VggfeatError(
+                        f"Class {classes[k]!r} has no positive example in any validation part "
+                        f"({int((Y[:, k] > 0).sum())} positives in all), so C cannot be "
+                        "chosen for it; use more folds (cv) instead of holdout, a larger "
+                        "holdout, or fix C (Cs=None)."
+                    )
+            # Ties go to the smaller C: the grid is ascending and argmax takes the first.
+            best = np.argmax(np.where(np.isnan(scores), -np.inf, scores), axis=1)
+            chosen = Cs[best]
+            cols = np.arange(K) * len(Cs) + best
+            warm = alpha_sum[:, cols] / np.maximum(alpha_cnt, 1)[:, None]
+        else:
+            chosen = np.full(K, Cs[0])
+
+        t1 = time.perf_counter()
+        alpha, n_iter = _solve_dual(
+            gram, Y, chosen, squared, opts, rng, alpha0=warm, ticker=ticker, what="final fit"
+        )
+        del gram
+        beta = alpha * Y
+        log(
+            f"final fit: {n} rows, {K} problems, epochs max {n_iter.max()}: "
+            f"{time.perf_counter() - t1:.1f}s"
+        )
+        self.coef_ = _weights(beta, X)
+        self.intercept_ = scale * scale * beta.sum(axis=0) if self.fit_intercept else np.zeros(K)
+        self.classes_ = classes
+        self.multilabel_ = multilabel
+        self.C_ = chosen.astype(np.float64)
+        self.Cs_ = Cs
+        self.cv_scores_ = scores
+        self.n_iter_ = n_iter
+        self.n_features_in_ = dim
+        self.cv_fold_ = None
+        if splits:
+            self.cv_fold_ = np.full(n, -1, np.int64)
+            for f, (_, va) in enumerate(splits):
+                self.cv_fold_[va] = f
+        log(f"total {time.perf_counter() - t0:.1f}s")
+        return self
+
+    def decision_function(self, X: Any) -> np.ndarray:
+        """(N, K) signed distances ``X @ coef_.T + intercept_``, one column per class.
+
+        Always (N, K), also with two classes (both one-vs-rest columns are kept, and the
+        second is the negation of the first), unlike scikit-learn's (N,) for binary problems.
+        """
+        check_is_fitted(self, "coef_")
+        X = _check_X(X, "X")
+        if X.shape[1] != self.n_features_in_:
+            raise VggfeatError(
+                f"X has {X.shape[1]} features but this SVMClassifier was fitted on "
+                f"{self.n_features_in_}; build the features with the model's feature spec."
+            )
+        out = np.empty((len(X), len(self.classes_)))
+        for s in range(0, len(X), _PREDICT_ROWS):
+            out[s : s + _PREDICT_ROWS] = X[s : s + _PREDICT_ROWS] @ self.coef_.T
+        return out + self.intercept_
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Multi-class: (N,) ``classes_[argmax]``. Multi-label: (N, K) int8 in {1, -1} by sign."""
+        scores = self.decision_function(X)
+        if self.multilabel_:
+            return np.where(scores > 0, 1, -1).astype(np.int8)
+        return self.classes_[np.argmax(scores, axis=1)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Validation
+
+
+def _check_params(est: SVMClassifier) -> dict[str, Any]:
+    """Validated copies of the estimator's parameters (raises VggfeatError)."""
+    if est.loss not in LOSSES:
+        raise VggfeatError(f"Unknown loss {est.loss!r}. Valid losses: {', '.join(LOSSES)}.")
+    if not _positive(est.C):
+        raise VggfeatError(f"C must be a positive finite number; got {est.C!r}.")
+    Cs = est.Cs
+    if Cs is not None:
+        try:
+            Cs = np.asarray(Cs, dtype=np.float64).ravel()
+        except (TypeError, ValueError):
+            raise VggfeatError(
+                f"Cs must be a sequence of positive numbers (e.g. vggfeat.svm.DEFAULT_CS); "
+                f"got {est.Cs!r}."
+            ) from None
+        if len(Cs) == 0 or not all(_positive(c) for c in Cs):
+            raise VggfeatError(
+                f"Cs must be a non-empty sequence of positive finite numbers (e.g. "
+                f"vggfeat.svm.DEFAULT_CS); got {est.Cs!r}."
+            )
+        Cs = np.unique(Cs)
+    holdout = est.holdout
+    if holdout is not None and not (_number(holdout) and 0 < holdout < 1):
+        raise VggfeatError(
+            f"holdout must be a fraction in (0, 1) (e.g. 0.2) or None; got {holdout!r}."
+        )
+    cv = est.cv
+    if holdout is None and (isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2):
+        raise VggfeatError(f"cv must be an integer number of folds >= 2; got {cv!r}.")
+    if est.fit_intercept and not _positive(est.intercept_scaling):
+        raise VggfeatError(
+            f"intercept_scaling must be a positive number; got {est.intercept_scaling!r}."
+        )
+    if not _positive(est.tol):
+        raise VggfeatError(f"tol must be a positive number; got {est.tol!r}.")
+    if isinstance(est.max_iter, bool) or not isinstance(est.max_iter, (int, np.integer)):
+        raise VggfeatError(f"max_iter must be a positive integer; got {est.max_iter!r}.")
+    if est.max_iter < 1:
+        raise VggfeatError(f"max_iter must be a positive integer; got {est.max_iter!r}.")
+    return {"Cs": Cs, "cv": cv, "holdout": holdout, "tol": float(est.tol),
+            "max_iter": int(est.max_iter), "verbose": bool(est.verbose)}  # fmt: skip
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+
+
+def _positive(v: Any) -> bool:
+    return _number(v) and math.isfinite(v) and v > 0
+
+
+def _check_X(X: Any, name: str) -> np.ndarray:
+    """(N, D) float32 or float64 C-contiguous array of finite values."""
+    if hasattr(X, "tocsr") or hasattr(X, "toarray"):
+        raise VggfeatError(f"{name} is a sparse matrix; pass a dense array ({name}.toarray()).")
+    try:
+        X = np.asarray(X)
+    except (TypeError, ValueError) as exc:
+        raise VggfeatError(f"{name} is not a numeric array: {exc}") from None
+    if X.dtype.kind not in "fiub":
+        raise VggfeatError(f"{name} must be numeric; got dtype {X.dtype}.")
+    if X.ndim != 2:
+        raise VggfeatError(f"{name} must be 2-D (N, D); got shape {X.shape}.")
+    if X.shape[0] == 0:
+        raise VggfeatError(f"{name} has no rows: nothing to train on or score.")
+    if X.shape[1] == 0:
+        raise VggfeatError(f"{name} has no features (shape {X.shape}).")
+    if X.dtype != np.float64:
+        X = X.astype(np.float32, copy=False)
+    X = np.ascontiguousarray(X)
+    finite = np.isfinite(X).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        raise VggfeatError(
+            f"{name} has {len(bad)} rows with NaN or inf values (rows "
+            f"{', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''}); drop them "
+            "(failed images are NaN rows in a feature store)."
+        )
+    return X
+
+
+def _encode_targets(y: Any, n: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """(N, K) int8 labels in {1, -1, 0}, the classes, and whether y was multi-label."""
+    y = np.asarray(y)
+    if y.ndim not in (1, 2) or len(y) != n:
+        raise VggfeatError(
+            f"y must be (N,) class labels or an (N, K) label matrix with N = {n} rows of X; "
+            f"got shape {y.shape}."
+        )
+    if y.ndim == 2:
+        try:
+            values = np.unique(y.astype(np.float64))
+        except (TypeError, ValueError):
+            values = np.array([np.nan])
+        if not np.isin(values, (1, -1, 0)).all():
+            raise VggfeatError(
+                "A 2-D y must hold VOC labels 1 (positive), -1 (negative), 0 (difficult, "
+                f"ignored); got values {values[~np.isin(values, (1, -1, 0))][:5].tolist()}. "
+                "For class labels pass a 1-D y."
+            )
+        Y = y.astype(np.int8)
+        if Y.shape[1] == 0:
+            raise VggfeatError("y has no columns: there is no class to train.")
+        missing = np.flatnonzero(~(Y > 0).any(axis=0))
+        if len(missing):
+            raise VggfeatError(
+                f"Class {int(missing[0])} (column {int(missing[0])} of y) has no positive "
+                f"training example ({len(missing)} such classes); drop it or add examples."
+            )
+        return Y, np.arange(Y.shape[1]), True
+    try:
+        classes, inverse = np.unique(y, return_inverse=True)
+    except TypeError:
+        raise VggfeatError(
+            "y holds labels of mixed types that cannot be sorted; use one type (all str or "
+            "all int)."
+        ) from None
+    if len(classes) < 2:
+        raise VggfeatError(
+            f"y has only one class ({classes[0]!r}); a classifier needs examples of at least "
+            "two."
+        )
+    Y = np.where(inverse[:, None] == np.arange(len(classes))[None, :], 1, -1).astype(np.int8)
+    return Y, classes, False
+
+
+def _resolve_device(device: str) -> Any:
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise VggfeatError(
+            f"Unknown device {device!r}. Valid: 'auto', 'cpu', 'cuda', 'cuda:N'."
+        ) from None
+    if dev.type not in ("cpu", "cuda"):
+        raise VggfeatError(f"Unknown device {device!r}. Valid: 'auto', 'cpu', 'cuda', 'cuda:N'.")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VggfeatError(
+            f"device={device!r} but no CUDA device is available; use device='cpu' or 'auto'."
+        )
+    return dev
+
+
+def _make_splits(
+    Y: np.ndarray, multilabel: bool, classes: np.ndarray, opts: dict[str, Any], rng: Any
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Stratified (train rows, validation rows) pairs: ``cv`` folds, or one holdout split.
+
+    Strata: the class (multi-class), or a row's rarest positive class (multi-label), so each
+    class's positives spread evenly over the parts.
+    """
+    n = len(Y)
+    pos = Y > 0
+    if multilabel:
+        rarity = np.where(pos, pos.sum(axis=0)[None, :], n + 1)
+        strata = np.where(pos.any(axis=1), np.argmin(rarity, axis=1), Y.shape[1])
+    else:
+        strata = np.argmax(pos, axis=1)
+    if opts["holdout"] is not None:
+        frac = float(opts["holdout"])
+        val = np.zeros(n, bool)
+        for s in np.unique(strata):
+            rows = rng.permutation(np.flatnonzero(strata == s))
+            take = int(math.floor(frac * len(rows) + 0.5))
+            if len(rows) >= 2:
+                take = min(max(take, 1), len(rows) - 1)
+            val[rows[:take]] = True
+        if val.all() or not val.any():
+            raise VggfeatError(
+                f"holdout={frac} leaves an empty training or validation part of {n} rows; "
+                "use a fraction that keeps both non-empty."
+            )
+        return [(np.flatnonzero(~val), np.flatnonzero(val))]
+    folds = int(opts["cv"])
+    if folds > n:
+        raise VggfeatError(f"cv={folds} folds need at least {folds} training rows; got {n}.")
+    fold_of = np.empty(n, np.int64)
+    offset = int(rng.integers(folds))
+    for s in np.unique(strata):
+        rows = rng.permutation(np.flatnonzero(strata == s))
+        fold_of[rows] = (offset + np.arange(len(rows))) % folds
+        offset += len(rows)
+    return [(np.flatnonzero(fold_of != f), np.flatnonzero(fold_of == f)) for f in range(folds)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Solver
+
+
+class _Ticker:
+    def __init__(self, progress: Progress | None, total: int) -> None:
+        self.progress, self.total, self.done = progress, total, 0
+        if progress is not None:
+            progress(0, total)
+
+    def __call__(self, n: int = 1) -> None:
+        self.done += n
+        if self.progress is not None and n:
+            self.progress(min(self.done, self.total), self.total)
+
+
+class _Log:
+    def __init__(self, on: bool) -> None:
+        self.on = on
+
+    def __call__(self, msg: str) -> None:
+        if self.on:
+            print(f"[vggfeat.svm] {msg}", file=sys.stderr, flush=True)
+
+
+def _gram(X: np.ndarray, scale: float, device: Any, dtype: Any, ticker: _Ticker) -> Any:
+    """(N, N) kernel ``X X^T + scale^2`` on ``device``; lower-triangle blocks, then mirrored."""
+    import torch
+
+    n = len(X)
+    Xt = torch.from_numpy(X).to(device=device, dtype=dtype)
+    gram = torch.empty((n, n), device=device, dtype=dtype)
+    for i0 in range(0, n, _GRAM_BLOCK):
+        i1 = min(n, i0 + _GRAM_BLOCK)
+        block = Xt[i0:i1] @ Xt[:i1].T
+        gram[i0:i1, :i1] = block
+        gram[:i0, i0:i1] = block[:, :i0].T
+        ticker()
+    del Xt
+    if scale:
+        gram += scale * scale
+    return gram
+
+
+def _solve_dual(
+    gram: Any,
+    Y: np.ndarray,
+    C: np.ndarray,
+    squared: bool,
+    opts: dict[str, Any],
+    rng: Any,
+    alpha0: np.ndarray | None = None,
+    ticker: _Ticker | None = None,
+    what: str = "",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Dual coordinate descent for P SVM problems that share the kernel ``gram``.
+
+    Problem p (column p) is liblinear's dual::
+
+        min_a 1/2 (y*a)^T gram (y*a) + 1/2 d_p |a|^2 - sum(a),  0 <= a_i <= U_ip
+
+    with d_p = 1/(2 C_p), U = inf for the squared hinge and d_p = 0, U = C_p for the hinge;
+    rows with y_ip = 0 are not in problem p (U_ip = 0).
+
+    Args:
+        gram: (n, n) kernel, on the compute device.
+        Y: (n, P) labels in {1, -1, 0}.
+        C: (P,) C per problem.
+        squared: Squared hinge (else hinge).
+        opts: Validated parameters (tol, max_iter).
+        rng: numpy Generator for the coordinate order.
+        alpha0: (n, P) warm start (clipped to the box).
+
+    Returns:
+        alpha (n, P) float64 and the epochs used per problem (P,).
+    """
+    import torch
+
+    n, P = Y.shape
+    dev, dt = gram.device, gram.dtype
+    npdt = np.float32 if dt == torch.float32 else np.float64
+    tol, max_iter = opts["tol"], opts["max_iter"]
+    C = np.asarray(C, dtype=np.float64)
+    upper = np.full(P, np.inf) if squared else C
+    Yf = Y.astype(npdt)
+    U = np.where(Y != 0, upper[None, :], 0).astype(npdt)
+    D = (0.5 / C if squared else np.zeros(P)).astype(npdt)
+    A = np.zeros((n, P), npdt) if alpha0 is None else np.clip(alpha0, 0, U).astype(npdt)
+    out = np.zeros((n, P))
+    epochs = np.zeros(P, np.int64)
+    active = np.arange(P)
+    kdiag = gram.diagonal().cpu().numpy().astype(npdt)
+
+    def exact_f() -> Any:
+        return gram @ torch.from_numpy(Yf * A).to(dev)
+
+    F = exact_f()
+    hi = np.full(len(active), np.inf, npdt)
+    lo = np.full(len(active), -np.inf, npdt)
+    for epoch in range(1, max_iter + 1):
+        Fh = F.cpu().numpy()
+        G = Yf * Fh + D * A - 1
+        # liblinear's shrinking: a coordinate at a bound whose gradient points out of the box
+        # by more than last epoch's largest violation is skipped; here it is skipped only when
+        # that holds in every problem of the batch.
+        stuck = ((A <= 0) & (G > hi)) | ((A >= U) & (G < lo)) | (U <= 0)
+        visit = np.flatnonzero(~stuck.all(axis=1))
+        visit = visit[rng.permutation(len(visit))]
+        for start in range(0, len(visit), _BLOCK):
+            idx = visit[start : start + _BLOCK]
+            idx_t = torch.from_numpy(idx).to(dev)
+            panel = gram.index_select(0, idx_t)  # (b, n)
+            kbb = panel.index_select(1, idx_t).cpu().numpy()
+            yb = Yf[idx]
+            ab = A[idx]
+            gb = yb * F.index_select(0, idx_t).cpu().numpy() + D * ab - 1
+            # Q[j, i, p] = y_jp y_ip K_ji (+ d_p on the diagonal), the block of the Hessian.
+            q = kbb[:, :, None] * (yb[:, None, :] * yb[None, :, :])
+            qdiag = kdiag[idx, None] * (yb * yb) + D
+            iq = np.divide(1.0, qdiag, out=np.zeros_like(qdiag), where=qdiag > 0)
+            q[np.arange(len(idx)), np.arange(len(idx))] += D
+            new = ab.copy()
+            _sweep(gb, new, U[idx], iq, q)
+            delta = yb * (new - ab)
+            A[idx] = new
+            F.addmm_(panel.T, torch.from_numpy(delta).to(dev))
+        if epoch % _REFRESH == 0:
+            F = exact_f()  # limit the drift of incremental updates
+        pmax, pmin = _pg_range(Yf, F.cpu().numpy(), D, A, U)
+        done = pmax - pmin <= tol
+        if done.any() and epoch % _REFRESH != 0:
+            F = exact_f()
+            pmax, pmin = _pg_range(Yf, F.cpu().numpy(), D, A, U)
+            done = pmax - pmin <= tol
+        if epoch == max_iter and not done.all():
+            warnings.warn(
+                f"vggfeat.svm: {int((~done).sum())} of {P} problems ({what}) did not converge "
+                f"in max_iter={max_iter} epochs; increase max_iter or tol.",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+            done[:] = True
+        if done.any():
+            out[:, active[done]] = A[:, done]
+            epochs[active[done]] = epoch
+            if ticker is not None:
+                ticker(int(done.sum()))
+            keep = ~done
+            active = active[keep]
+            if not len(active):
+                break
+            Yf, U, A = Yf[:, keep], U[:, keep], A[:, keep]
+            D, pmax, pmin = D[keep], pmax[keep], pmin[keep]
+            F = F[:, torch.from_numpy(np.flatnonzero(keep)).to(dev)]
+        hi = np.where(pmax > 0, pmax, np.inf).astype(npdt)
+        lo = np.where(pmin < 0, pmin, -np.inf).astype(npdt)
+    return out, epochs
+
+
+def _sweep(g: np.ndarray, a: np.ndarray, u: np.ndarray, iq: np.ndarray, q: np.ndarray) -> None:
+    """One exact coordinate-descent pass over a block, all problems at once, in place.
+
+    Args:
+        g: (b, P) gradients of the block's coordinates.
+        a: (b, P) dual variables.
+        u: (b, P) upper bounds.
+        iq: (b, P) 1 / Q_jj (0 where the coordinate is not in the problem).
+        q: (b, b, P) block of the Hessian.
+    """
+    zero = np.zeros(a.shape[1], a.dtype)
+    for j in range(len(a)):
+        old = a[j].copy()
+        np.clip(old - g[j] * iq[j], zero, u[j], out=a[j])
+        g += q[j] * (a[j] - old)
+
+
+def _pg_range(
+    Yf: np.ndarray, F: np.ndarray, D: np.ndarray, A: np.ndarray, U: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(P,) max and min of the projected gradient over all coordinates (liblinear's test)."""
+    G = Yf * F + D * A - 1
+    pg = np.where(A <= 0, np.minimum(G, 0), np.where(A >= U, np.maximum(G, 0), G))
+    pg[U <= 0] = 0
+    return pg.max(axis=0), pg.min(axis=0)
+
+
+def _weights(beta: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """(K, D) float64 ``beta^T X``, accumulated in float64 a block of rows at a time."""
+    coef = np.zeros((beta.shape[1], X.shape[1]))
+    for s in range(0, len(X), _PREDICT_ROWS):
+        coef += beta[s : s + _PREDICT_ROWS].T @ X[s : s + _PREDICT_ROWS].astype(np.float64)
+    return coef
+
+
+# ---------------------------------------------------------------------------------------------
+# Model files
+
+
+def _versions() -> dict[str, str]:
+    import h5py
+    import sklearn
+
+    import vggfeat
+
+    return {"vggfeat": vggfeat.__version__, "numpy": np.__version__, "h5py": h5py.__version__,
+            "scikit-learn": sklearn.__version__}  # fmt: skip
+
+
+def _json_params(clf: SVMClassifier) -> str:
+    params = clf.get_params(deep=False)
+    if params["Cs"] is not None:
+        params["Cs"] = [float(c) for c in np.asarray(params["Cs"], dtype=np.float64).ravel()]
+    rs = params["random_state"]
+    if rs is not None and not isinstance(rs, (int, np.integer)):
+        params["random_state"] = None  # a RandomState object cannot be recorded
+    for key, value in params.items():
+        if isinstance(value, np.generic):
+            params[key] = value.item()
+    return json.dumps(params, sort_keys=True)
+
+
+def _class_kind(classes: np.ndarray) -> str:
+    kind = classes.dtype.kind
+    if kind == "b":
+        return "bool"
+    if kind in "iu":
+        return "int"
+    if kind == "f":
+        return "float"
+    if kind in "US" or all(isinstance(c, str) for c in classes):
+        return "str"
+    raise VggfeatError(
+        f"Cannot store classes of type {type(classes[0]).__name__}; use str or int labels."
+    )
+
+
+def save_svm(path: str | os.PathLike, clf: SVMClassifier, spec: dict[str, Any]) -> None:
+    """Write a fitted classifier and its feature spec to an HDF5 model file, atomically.
+
+    Args:
+        path: Destination (replaced atomically: temporary file, fsync, rename).
+        clf: A fitted :class:`SVMClassifier`.
+        spec: JSON-serialisable description of the features and their provenance (stored as
+            the ``spec`` attribute and returned by :func:`load_svm`).
+    """
+    import h5py
+
+    check_is_fitted(clf, "coef_")
+    try:
+        spec_json = json.dumps(spec, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise VggfeatError(f"The model spec is not JSON-serialisable: {exc}.") from None
+    classes = np.asarray(clf.classes_)
+    kind = _class_kind(classes)
+    names = [repr(float(c)) if kind == "float" else str(c) for c in classes.tolist()]
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["params"] = _json_params(clf)
+            f.attrs["spec"] = spec_json
+            f.attrs["versions"] = json.dumps(_versions(), sort_keys=True)
+            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            f.attrs["target"] = "multilabel" if clf.multilabel_ else "multiclass"
+            ds = f.create_dataset("classes", data=names, dtype=h5py.string_dtype("utf-8"))
+            ds.attrs["kind"] = kind
+            ds.attrs["dtype"] = classes.dtype.str if kind != "str" else "str"
+            f.create_dataset("coef", data=np.asarray(clf.coef_, np.float64))
+            f.create_dataset("intercept", data=np.asarray(clf.intercept_, np.float64))
+            f.create_dataset("C", data=np.asarray(clf.C_, np.float64))
+            f.create_dataset("Cs", data=np.asarray(clf.Cs_, np.float64))
+            f.create_dataset("cv_scores", data=np.asarray(clf.cv_scores_, np.float64))
+            f.create_dataset("n_iter", data=np.asarray(clf.n_iter_, np.int64))
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def load_svm(path: str | os.PathLike) -> tuple[SVMClassifier, dict[str, Any]]:
+    """Read a model file written by :func:`save_svm`.
+
+    Returns:
+        The fitted classifier (no refit; ``decision_function`` gives the saved model's
+        scores) and the feature spec.
+    """
+    import h5py
+
+    path = Path(path)
+    if not path.is_file():
+        raise VggfeatError(f"Model file {path} does not exist.")
+    key = "/"
+    try:
+        with h5py.File(path, "r") as f:
+            if f.attrs.get("format") != FORMAT:
+                raise VggfeatError(f"{path} is not a vggfeat SVM model file (no format={FORMAT}).")
+            version = int(f.attrs.get("format_version", 0))
+            if version > FORMAT_VERSION:
+                raise VggfeatError(
+                    f"{path} has model format version {version}; this vggfeat reads up to "
+                    f"{FORMAT_VERSION}: upgrade vggfeat."
+                )
+            key = "params"
+            params = json.loads(f.attrs["params"])
+            key = "spec"
+            spec = json.loads(f.attrs["spec"])
+            key = "target"
+            multilabel = str(f.attrs["target"]) == "multilabel"
+            arrays = {}
+            for key in ("classes", "coef", "intercept", "C", "Cs", "cv_scores", "n_iter"):
+                arrays[key] = f[key][()]
+            key = "classes"
+            kind = str(f["classes"].attrs["kind"])
+            dtype = str(f["classes"].attrs["dtype"])
+    except VggfeatError:
+        raise
+    except (OSError, KeyError, ValueError) as exc:
+        raise VggfeatError(f"Cannot read model file {path} (HDF5 key {key!r}): {exc}") from None
+    names = [s.decode() if isinstance(s, bytes) else str(s) for s in arrays["classes"]]
+    if kind == "str":
+        classes = np.array(names)
+    elif kind == "bool":
+        classes = np.array([s == "True" for s in names])
+    else:
+        classes = np.array([float(s) if kind == "float" else int(s) for s in names]).astype(dtype)
+    known = SVMClassifier().get_params(deep=False)
+    clf = SVMClassifier(**{k: v for k, v in params.items() if k in known})
+    clf.classes_ = classes
+    clf.coef_ = arrays["coef"]
+    clf.intercept_ = arrays["intercept"]
+    clf.C_ = arrays["C"]
+    clf.Cs_ = arrays["Cs"]
+    clf.cv_scores_ = arrays["cv_scores"]
+    clf.n_iter_ = arrays["n_iter"]
+    clf.multilabel_ = multilabel
+    clf.n_features_in_ = int(arrays["coef"].shape[1])
+    return clf, spec

@@ -14,6 +14,7 @@ import click
 __all__ = ["cli", "main"]
 
 _COMMANDS = {
+    "demo": "vggfeat.commands.demo:demo",
     "extract": "vggfeat.commands.extract:extract",
     "info": "vggfeat.commands.info:info",
     "merge": "vggfeat.commands.merge:merge",

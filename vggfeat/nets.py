@@ -149,6 +149,20 @@ def build_vgg(net: str, width: float = 1.0, num_classes: int = 1000) -> VGG:
     return VGG(net, num_classes=num_classes, width=width)
 
 
+def _zero_padding_(x: torch.Tensor, sizes: list[tuple[int, int]]) -> torch.Tensor:
+    """Zero, in place, each sample's padding outside its valid top-left (h, w) region.
+
+    Touches only the padded area, unlike a multiply by a mask, which reads the whole tensor.
+    """
+    height, width = x.shape[-2:]
+    for i, (h, w) in enumerate(sizes):
+        if h < height:
+            x[i, :, h:, :] = 0
+        if w < width:
+            x[i, :, :h, w:] = 0
+    return x
+
+
 def _valid_mask(sizes: torch.Tensor, shape: tuple[int, int], like: torch.Tensor) -> torch.Tensor:
     """(N, 1, H, W) mask that is 1 inside each sample's valid top-left (h, w) region."""
     rows = torch.arange(shape[0], device=like.device)[None, :] < sizes[:, :1]
@@ -192,13 +206,15 @@ class DenseVGG(nn.Module):
         """
         if layer not in LAYERS and layer != "fc8":
             raise VggfeatError(f"Unknown layer {layer!r}. Valid layers: {', '.join(LAYERS)}.")
+        valid = None if sizes is None else [(int(h), int(w)) for h, w in sizes.tolist()]
         for module in self.vgg.features:
-            if sizes is not None and isinstance(module, nn.Conv2d):
-                x = x * _valid_mask(sizes, x.shape[-2:], x)
+            if valid is not None and isinstance(module, nn.Conv2d):
+                x = _zero_padding_(x, valid)
             x = module(x)
-            if isinstance(module, nn.MaxPool2d):
-                if sizes is not None:
-                    sizes = torch.div(sizes, 2, rounding_mode="floor")
+            if valid is not None and isinstance(module, nn.MaxPool2d):
+                valid = [(h // 2, w // 2) for h, w in valid]
+        if valid is not None:
+            sizes = torch.tensor(valid, device=x.device)
         if x.shape[-2] < 7 or x.shape[-1] < 7:
             raise VggfeatError(
                 f"pool5 map is {tuple(x.shape[-2:])}, smaller than fc6's 7x7: the image's "
@@ -207,8 +223,8 @@ class DenseVGG(nn.Module):
         if layer == "pool5":
             return x, sizes
         for index, name in ((0, "fc6"), (3, "fc7"), (6, "fc8")):
-            if sizes is not None and index == 0:
-                x = x * _valid_mask(sizes, x.shape[-2:], x)
+            if valid is not None and index == 0:
+                x = _zero_padding_(x, valid)
                 sizes = sizes - 6
             weight, bias = self.fc_conv(index)
             x = F.conv2d(x, weight, bias)

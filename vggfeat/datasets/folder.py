@@ -13,16 +13,19 @@ __all__ = ["find_images", "read_list"]
 
 
 def _image_files(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
+    """Image files under ``folder``, recursively, following symlinked folders."""
+    found = []
+    for dirpath, _, files in os.walk(folder, followlinks=True):
+        found += [Path(dirpath, f) for f in files if Path(f).suffix.lower() in IMAGE_EXTENSIONS]
+    return sorted(found)
 
 
 def _relative_id(path: Path, base: Path) -> str:
-    try:
-        return path.resolve().relative_to(base.resolve()).as_posix()
-    except ValueError:
+    # Lexical, not resolved: ids keep the names of symlinked folders under the root.
+    relative = Path(os.path.relpath(path.absolute(), base.absolute()))
+    if relative.parts and relative.parts[0] == "..":
         raise VggfeatError(f"{path} is not under --root {base}: give a --root that contains it.")
+    return relative.as_posix()
 
 
 def read_list(list_file: str | os.PathLike) -> list[str]:

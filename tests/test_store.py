@@ -57,6 +57,7 @@ def test_resume_appends_in_input_order_and_ignores_half_written_parts(tmp_path):
     for i in (0, 1, 2):
         w.add(_row(i))  # one part of 2 rows written, row 2 buffered and "lost in a kill"
     (parts_dir(path) / ".part-x.h5.tmp").write_bytes(b"half-written")
+    (tmp_path / ".s.h5.1234abcd.tmp").write_bytes(b"half-written store")
     assert len(list(parts_dir(path).glob("part-*.h5"))) == 1
     w2 = StoreWriter(path, SETTINGS, rows_per_part=2)
     assert w2.done == {"img0.jpg", "img1.jpg"}

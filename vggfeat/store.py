@@ -469,12 +469,15 @@ class StoreWriter:
         self.done: set[str] = {i for s in self._sources for i in s.ids}
 
     def _existing(self) -> list[FeatureStore]:
+        # A killed writer's half-written store or part: never renamed, so never read.
+        for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            tmp.unlink(missing_ok=True)
         sources = []
         if self.path.exists():
             sources.append(FeatureStore(self.path))
         if self.parts.is_dir():
             for tmp in self.parts.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)  # a killed writer's half-written part
+                tmp.unlink(missing_ok=True)
             sources += [FeatureStore(p) for p in sorted(self.parts.glob("part-*.h5"))]
         for store in sources:
             found = diff_settings(store.settings, self.settings)

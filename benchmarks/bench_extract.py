@@ -93,8 +93,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--precision", default="fp32")
-    parser.add_argument("--baseline-n", type=int, default=None,
-                        help="images for the naive loop (default: --n); rates are per image")
+    parser.add_argument(
+        "--baseline-n",
+        type=int,
+        default=None,
+        help="images for the naive loop (default: --n); rates are per image",
+    )
     args = parser.parse_args()
     scales = tuple(int(s) for s in args.scales.split(","))
     device = torch.device(args.device)
@@ -126,7 +130,9 @@ def main() -> None:
     print(f"{'vggfeat extract (store included)':<40}{args.n:>8}{t_ours:>10.2f}{rate_ours:>10.3f}")
     print(f"{'naive loop (torchvision, 1 at a time)':<40}{n_base:>8}{t_naive:>10.2f}"
           f"{rate_naive:>10.3f}")  # fmt: skip
-    print(f"speed-up: {rate_ours / rate_naive:.2f}x   max relative descriptor difference: {diff:.2e}")
+    print(
+        f"speed-up: {rate_ours / rate_naive:.2f}x   max relative descriptor difference: {diff:.2e}"
+    )
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
 from conftest import write_bad_images, write_images
+
 from vggfeat.cli import cli
 from vggfeat.store import FeatureStore, parts_dir
 
@@ -87,13 +87,17 @@ def test_user_errors_are_one_line(images, tmp_path, args, message):
 def test_settings_mismatch_is_refused(images, tmp_path):
     out = tmp_path / "s.h5"
     _invoke("extract", *TINY, "--out", out, images[0])
-    result = CliRunner().invoke(cli, ["extract", *TINY, "--no-flip", "--out", str(out), str(images[1])])
+    result = CliRunner().invoke(
+        cli, ["extract", *TINY, "--no-flip", "--out", str(out), str(images[1])]
+    )
     assert result.exit_code == 1 and "flip: store has True, this run False" in result.output
 
 
 def test_merge_shards(images, tmp_path):
     for k, chunk in enumerate((images[:4], images[4:])):
-        _invoke("extract", *TINY, "--root", images[0].parent, "--out", tmp_path / f"shard{k}.h5", *chunk)
+        _invoke(
+            "extract", *TINY, "--root", images[0].parent, "--out", tmp_path / f"shard{k}.h5", *chunk
+        )
     result = _invoke("merge", tmp_path / "all.h5", tmp_path / "shard0.h5", tmp_path / "shard1.h5")
     assert "7 images from 2 shards" in result.output
     merged = FeatureStore(tmp_path / "all.h5")
@@ -174,7 +178,7 @@ def test_sigkill_at_several_points_resumes_to_the_same_store(tmp_path):
     for condition in kill_points:
         proc = subprocess.Popen(_command(folder, out), stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)  # fmt: skip
-        assert _wait_for(lambda: condition() or proc.poll() is not None)
+        assert _wait_for(lambda: condition() or proc.poll() is not None)  # noqa: B023
         killed_alive.append(proc.poll() is None)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -3,8 +3,8 @@
 import os
 
 import pytest
-
 from conftest import write_images
+
 from vggfeat.datasets import find_images
 from vggfeat.errors import VggfeatError
 
@@ -32,7 +32,10 @@ def test_list_file_and_errors(tmp_path):
     listing = tmp_path / "list.txt"
     listing.write_text("img_001.jpg\n\n# skipped\nmissing.jpg\n")
     samples = find_images(root=tmp_path / "imgs", list_file=listing)
-    assert [i for i, _ in samples] == ["img_001.jpg", "missing.jpg"]  # missing: recorded as failed later
+    assert [i for i, _ in samples] == [
+        "img_001.jpg",
+        "missing.jpg",
+    ]  # missing: recorded as failed later
     (tmp_path / "other").mkdir()
     with pytest.raises(VggfeatError, match="not under --root"):
         find_images([tmp_path / "imgs" / "img_000.jpg"], root=tmp_path / "other")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import write_bad_images
 from PIL import Image
 
-from conftest import write_bad_images
 from vggfeat.errors import VggfeatError
 from vggfeat.extract import ExtractConfig, Extractor
 from vggfeat.images import decode_image
@@ -84,13 +84,19 @@ def test_mirrored_image_gives_same_descriptor_with_flip(tiny_weights):
     for key in a:
         assert _max_rel(a[key], b[key]) <= 1e-5
     no_flip = Extractor([w], _config(flip=False))
-    assert _max_rel(no_flip.describe(images)[("E", 256)], no_flip.describe(mirrored)[("E", 256)]) > 1e-3
+    assert (
+        _max_rel(no_flip.describe(images)[("E", 256)], no_flip.describe(mirrored)[("E", 256)])
+        > 1e-3
+    )
 
 
 def test_two_nets_from_one_decode_equal_separate_runs(tiny_weights):
     d, e = tiny_weights("D", seed=5), tiny_weights("E", seed=6)
     both = Extractor([d, e], _config()).describe(_images())
-    alone = {**Extractor([d], _config()).describe(_images()), **Extractor([e], _config()).describe(_images())}
+    alone = {
+        **Extractor([d], _config()).describe(_images()),
+        **Extractor([e], _config()).describe(_images()),
+    }
     assert set(both) == {("D", 224), ("D", 256), ("E", 224), ("E", 256)}
     for key in both:
         assert _max_rel(both[key], alone[key]) <= 1e-6

@@ -4,9 +4,9 @@ import io
 
 import numpy as np
 import pytest
+from conftest import write_bad_images
 from PIL import Image
 
-from conftest import write_bad_images
 from vggfeat.errors import ImageError, VggfeatError
 from vggfeat.images import check_scales, decode_image, rescale, rescale_all, scaled_size
 
@@ -66,8 +66,15 @@ def test_bad_files_raise_image_error_with_reason(tmp_path):
             decode_image(tmp_path / name)
 
 
-@pytest.mark.parametrize("h,w,q,expected", [(375, 500, 256, (256, 341)), (500, 375, 384, (512, 384)),
-                                           (300, 300, 224, (224, 224)), (1000, 10, 256, (25600, 256))])
+@pytest.mark.parametrize(
+    "h,w,q,expected",
+    [
+        (375, 500, 256, (256, 341)),
+        (500, 375, 384, (512, 384)),
+        (300, 300, 224, (224, 224)),
+        (1000, 10, 256, (25600, 256)),
+    ],
+)
 def test_scaled_size_keeps_aspect_with_exact_smallest_side(h, w, q, expected):
     assert scaled_size(h, w, q) == expected
 

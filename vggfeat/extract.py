@@ -11,8 +11,9 @@ from __future__ import annotations
 import contextlib
 import platform
 import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -205,9 +205,7 @@ def _net_settings(settings: Mapping[str, Any], net: str) -> dict[str, Any]:
 def _check_fusion(stores: Sequence[FeatureStore]) -> None:
     first = stores[0]
     for other in stores[1:]:
-        found = first_difference(
-            _shared_settings(first.settings), _shared_settings(other.settings)
-        )
+        found = first_difference(_shared_settings(first.settings), _shared_settings(other.settings))
         if found:
             key, a, b = found
             raise SettingsMismatch(

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError

@@ -1,4 +1,4 @@
-"""Image labels for SVM training and scoring: readers (CSV/TSV, VOC ImageSets, class folders) and splits.
+"""Image labels for SVMs: readers (CSV/TSV, VOC ImageSets, class folders) and splits.
 
 Two kinds of labels:
 
@@ -192,7 +192,8 @@ def _columns(path: Path, rows: list[tuple[int, list[str]]]) -> tuple[dict[str, i
         if unknown or len(set(first)) != len(first):
             raise LabelsError(
                 f"{path} line {rows[0][0]}: header {','.join(rows[0][1])!r} must name each of "
-                f"{', '.join(_COLUMNS)} at most once (unknown or repeated: {','.join(unknown) or 'repeat'})."
+                f"{', '.join(_COLUMNS)} at most once "
+                f"(unknown or repeated: {','.join(unknown) or 'repeat'})."
             )
         if "label" not in first:
             raise LabelsError(f"{path} line {rows[0][0]}: header has no 'label' column.")
@@ -270,7 +271,8 @@ def _multiclass_table(path: Path, body: list, cols: Mapping[str, int]) -> Labels
 def _multilabel_value(path: Path, n: int, value: str) -> int:
     if value not in _MULTILABEL_VALUES:
         raise LabelsError(
-            f"{path} line {n}: unknown label {value!r}; use 1 (present), -1 (absent) or 0 (difficult)."
+            f"{path} line {n}: unknown label {value!r}; "
+            "use 1 (present), -1 (absent) or 0 (difficult)."
         )
     return _MULTILABEL_VALUES[value]
 

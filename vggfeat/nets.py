@@ -7,7 +7,7 @@ views of the same parameters (no second copy of the 400 MB fc6).
 
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -29,17 +29,74 @@ __all__ = [
 
 # Table 1. An int is a 3x3 conv with that many output channels, (c, 1) a 1x1 conv (config C),
 # "M" a 2x2 max-pool and "LRN" Krizhevsky's local response normalisation (config A-LRN).
-Layer = Union[int, tuple[int, int], str]
+Layer = int | tuple[int, int] | str
 CONFIGS: dict[str, list[Layer]] = {
     "A": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "A-LRN": [64, "LRN", "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
     "B": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
-    "C": [64, 64, "M", 128, 128, "M", 256, 256, (256, 1), "M",
-          512, 512, (512, 1), "M", 512, 512, (512, 1), "M"],  # fmt: skip
-    "D": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M",
-          512, 512, 512, "M", 512, 512, 512, "M"],  # fmt: skip
-    "E": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M",
-          512, 512, 512, 512, "M", 512, 512, 512, 512, "M"],  # fmt: skip
+    "C": [
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        (256, 1),
+        "M",
+        512,
+        512,
+        (512, 1),
+        "M",
+        512,
+        512,
+        (512, 1),
+        "M",
+    ],  # fmt: skip
+    "D": [
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        "M",
+    ],  # fmt: skip
+    "E": [
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+    ],  # fmt: skip
 }
 NETS = tuple(CONFIGS)
 # Configs whose layer layout (and so state-dict keys) torchvision ships.
@@ -57,7 +114,9 @@ def canonical_net(name: str) -> str:
         return key.upper()
     if key.lower() in _ALIASES:
         return _ALIASES[key.lower()]
-    valid = ", ".join(f"{n} ({TORCHVISION_NAMES[n]})" if n in TORCHVISION_NAMES else n for n in NETS)
+    valid = ", ".join(
+        f"{n} ({TORCHVISION_NAMES[n]})" if n in TORCHVISION_NAMES else n for n in NETS
+    )
     raise VggfeatError(f"Unknown net {name!r}. Valid nets: {valid}.")
 
 

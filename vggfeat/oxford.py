@@ -1,4 +1,4 @@
-"""Import the original Oxford VGG releases (Caffe ``.caffemodel``, Keras ``.h5``) as vggfeat weights.
+"""Import the original Oxford VGG releases (Caffe ``.caffemodel``, Keras ``.h5``) as weights.
 
 Only the models Simonyan & Zisserman released reproduce the paper's numbers. They come as Caffe
 protobufs, read here by a minimal wire-format reader (no Caffe or protobuf package), and as the

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from vggfeat.extract import ExtractConfig, Extractor, ExtractSummary, software_versions
 from vggfeat.store import FeatureStore, StoreWriter

@@ -30,9 +30,10 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import h5py
 import numpy as np
@@ -174,7 +175,10 @@ class FeatureStore:
         return len(self.ids)
 
     def __repr__(self) -> str:
-        return f"FeatureStore({str(self.path)!r}, n={len(self)}, nets={self.nets}, scales={self.scales})"
+        return (
+            f"FeatureStore({str(self.path)!r}, n={len(self)}, nets={self.nets}, "
+            f"scales={self.scales})"
+        )
 
     @property
     def nets(self) -> list[str]:
@@ -246,8 +250,7 @@ class FeatureStore:
         with h5py.File(self.path, "r") as f:
             if key not in f:
                 raise StoreError(
-                    f"{self.path} has no /{key}: it holds nets {self.nets} at scales "
-                    f"{self.scales}."
+                    f"{self.path} has no /{key}: it holds nets {self.nets} at scales {self.scales}."
                 )
             data = f[key][()]
         return data if ids is None else data[self.rows(ids)]
@@ -284,7 +287,7 @@ def _write_store(
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["settings"] = json.dumps(settings, sort_keys=True)
             f.attrs["versions"] = json.dumps(versions, sort_keys=True)
-            f.attrs["created"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+            f.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
             n = len(per_image["ids"])
             f.create_dataset("ids", data=per_image["ids"], dtype=_STR)
             f.create_dataset("status", data=per_image["status"].astype(np.int8))

@@ -12,9 +12,10 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import torch
 
@@ -102,9 +103,7 @@ def _preprocess(spec: str | Preprocess | None, default: str) -> Preprocess:
         return spec
     name = default if spec is None else spec
     if name not in PREPROCESS:
-        raise WeightsError(
-            f"Unknown preprocessing {name!r}. Valid: {', '.join(PREPROCESS)}."
-        )
+        raise WeightsError(f"Unknown preprocessing {name!r}. Valid: {', '.join(PREPROCESS)}.")
     return PREPROCESS[name]
 
 
@@ -344,8 +343,8 @@ def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
         raise WeightsError(f"Cannot read safetensors file {path}: {exc}") from None
     if meta.get("format") != WEIGHTS_FORMAT:
         raise WeightsError(
-            f"{path} is a safetensors file but not a vggfeat weight file (no format={WEIGHTS_FORMAT}"
-            " metadata); convert it with `vggfeat weights import`."
+            f"{path} is a safetensors file but not a vggfeat weight file (no "
+            f"format={WEIGHTS_FORMAT} metadata); convert it with `vggfeat weights import`."
         )
     return {
         "net": meta["net"],

@@ -12,10 +12,18 @@ __all__ = ["demo"]
 
 
 @click.command()
-@click.option("--out-dir", default="vggfeat-demo", show_default=True,
-              type=click.Path(file_okay=False), help="Folder for images, store, model, plots.")
-@click.option("--weights", default=None,
-              help="Net-D weights; default: imagenet when in the torch hub cache, else random.")
+@click.option(
+    "--out-dir",
+    default="vggfeat-demo",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder for images, store, model, plots.",
+)
+@click.option(
+    "--weights",
+    default=None,
+    help="Net-D weights; default: imagenet when in the torch hub cache, else random.",
+)
 @click.option("--per-class", default=20, show_default=True, help="Images per class.")
 @scales_option(default="256")
 @click.option("--seed", default=0, show_default=True, help="Seed of the drawn images.")
@@ -33,7 +41,9 @@ def demo(ctx: click.Context, out_dir: str, weights: str | None, per_class: int,
 
     out = Path(out_dir)
     images, labels = make_demo_dataset(out, per_class, seed)
-    click.echo(f"drew {per_class * len(DEMO_CLASSES)} images of {', '.join(DEMO_CLASSES)} in {images}")
+    click.echo(
+        f"drew {per_class * len(DEMO_CLASSES)} images of {', '.join(DEMO_CLASSES)} in {images}"
+    )
     if weights is None:
         weights = "imagenet" if imagenet_file("D")[1].exists() else "random"
         if weights == "random":
@@ -46,4 +56,6 @@ def demo(ctx: click.Context, out_dir: str, weights: str | None, per_class: int,
     ctx.invoke(fit, **common, train_split="train", cs="default", cv=3, out=str(model))
     ctx.invoke(evaluate, **common, model=str(model), test_split="test",
                json_path=str(out / "results.json"), plots=str(out / "plots"))  # fmt: skip
-    click.echo(f"store {store}, model {model}, results {out / 'results.json'}, plots {out / 'plots'}")
+    click.echo(
+        f"store {store}, model {model}, results {out / 'results.json'}, plots {out / 'plots'}"
+    )

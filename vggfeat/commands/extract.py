@@ -25,7 +25,9 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
         if sep and len(net) <= 6 and not net.startswith(("/", ".")):
             net = canonical_net(net)
             if net not in chosen:
-                raise VggfeatError(f"--weights {value} names net {net}, which --net does not ask for.")
+                raise VggfeatError(
+                    f"--weights {value} names net {net}, which --net does not ask for."
+                )
             chosen[net] = source
         else:
             chosen = {n: value for n in nets}
@@ -34,34 +36,75 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
 
 @click.command()
 @click.argument("inputs", nargs=-1, type=click.Path(exists=True))
-@click.option("--list", "list_file", type=click.Path(exists=True, dir_okay=False),
-              help="Text file of image paths, one per line (relative to --root).")
-@click.option("--root", type=click.Path(exists=True, file_okay=False),
-              help="Image ids are paths relative to this folder (default: each input folder).")
-@click.option("--net", "nets", multiple=True, default=("D",), show_default=True,
-              help="Net-D (vgg16) and/or Net-E (vgg19): --net D --net E or --net D,E.")
-@click.option("--weights", "weights", multiple=True, default=("imagenet",), show_default=True,
-              help="imagenet (torchvision IMAGENET1K_V1), random, or a weights file; "
-                   "NET=SOURCE sets one net's weights.")
-@click.option("--preprocess", type=click.Choice(["torchvision", "caffe"]),
-              help="Override the preprocessing the weights carry.")
+@click.option(
+    "--list",
+    "list_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Text file of image paths, one per line (relative to --root).",
+)
+@click.option(
+    "--root",
+    type=click.Path(exists=True, file_okay=False),
+    help="Image ids are paths relative to this folder (default: each input folder).",
+)
+@click.option(
+    "--net",
+    "nets",
+    multiple=True,
+    default=("D",),
+    show_default=True,
+    help="Net-D (vgg16) and/or Net-E (vgg19): --net D --net E or --net D,E.",
+)
+@click.option(
+    "--weights",
+    "weights",
+    multiple=True,
+    default=("imagenet",),
+    show_default=True,
+    help="imagenet (torchvision IMAGENET1K_V1), random, or a weights file; "
+    "NET=SOURCE sets one net's weights.",
+)
+@click.option(
+    "--preprocess",
+    type=click.Choice(["torchvision", "caffe"]),
+    help="Override the preprocessing the weights carry.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed for --weights random.")
 @scales_option()
-@click.option("--flip/--no-flip", default=True, show_default=True,
-              help="Average with the horizontally flipped image.")
-@click.option("--layer", type=click.Choice(["fc7", "fc6", "pool5"]), default="fc7",
-              show_default=True, help="Layer to pool (after ReLU).")
+@click.option(
+    "--flip/--no-flip",
+    default=True,
+    show_default=True,
+    help="Average with the horizontally flipped image.",
+)
+@click.option(
+    "--layer",
+    type=click.Choice(["fc7", "fc6", "pool5"]),
+    default="fc7",
+    show_default=True,
+    help="Layer to pool (after ReLU).",
+)
 @click.option("--batch-size", default=8, show_default=True, help="Images per forward pass.")
 @click.option("--workers", default=2, show_default=True, help="Background decoding processes.")
 @device_option
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
-              show_default=True)
-@click.option("--max-side", default=2048, show_default=True,
-              help="Longest side after rescaling; longer images are centre-cropped (reported).")
-@click.option("--out", required=True, type=click.Path(dir_okay=False),
-              help="Feature store (.h5); an existing one is resumed.")
-@click.option("--checkpoint-every", default=256, show_default=True,
-              help="Images per crash-safe part file.")
+@click.option(
+    "--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True
+)
+@click.option(
+    "--max-side",
+    default=2048,
+    show_default=True,
+    help="Longest side after rescaling; longer images are centre-cropped (reported).",
+)
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(dir_okay=False),
+    help="Feature store (.h5); an existing one is resumed.",
+)
+@click.option(
+    "--checkpoint-every", default=256, show_default=True, help="Images per crash-safe part file."
+)
 @click.option("--width", default=1.0, hidden=True, help="Channel multiplier (tests only).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, flip, layer,

@@ -10,8 +10,11 @@ __all__ = ["merge"]
 @click.command()
 @click.argument("out", type=click.Path(dir_okay=False))
 @click.argument("shards", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--copy", is_flag=True,
-              help="Copy descriptors into OUT instead of mapping them as HDF5 virtual datasets.")
+@click.option(
+    "--copy",
+    is_flag=True,
+    help="Copy descriptors into OUT instead of mapping them as HDF5 virtual datasets.",
+)
 def merge(out: str, shards: tuple[str, ...], copy: bool) -> None:
     """Combine SHARDS (stores with equal settings) into OUT.
 

@@ -227,7 +227,8 @@ def svm() -> None:
 @click.option("--scales", callback=parse_scales, help="Scales Q to use, comma-separated, e.g. "
               "256,384,512 (default: every scale the stores share).")  # fmt: skip
 @click.option("--aggregate", type=click.Choice(["stack", "average"]), default="stack",
-              show_default=True, help="Combine scales: stack (Caltech) or average (VOC).")  # fmt: skip
+              show_default=True,
+              help="Combine scales: stack (Caltech) or average (VOC).")  # fmt: skip
 @click.option("--block-norm/--no-block-norm", default=False, show_default=True,
               help="Also L2-normalise each (net, Q) block and each net's block before they "
                    "are combined; the row is L2-normalised either way.")  # fmt: skip
@@ -339,7 +340,8 @@ def fit(features, nets, scales, aggregate, block_norm, labels_path, train_split,
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="Also write the results as JSON here.")  # fmt: skip
 @click.option("--plots", type=click.Path(file_okay=False), help="Write PNG plots here: "
-              "precision-recall per class (multi-label) or a confusion matrix (multi-class).")  # fmt: skip
+              "precision-recall per class (multi-label) or a confusion matrix "
+              "(multi-class).")  # fmt: skip
 @quiet_option
 def evaluate(model, features, labels_path, test_split, ap_method, json_path, plots,
              quiet) -> None:  # fmt: skip

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from vggfeat.errors import VggfeatError
 from vggfeat.images import IMAGE_EXTENSIONS

@@ -16,12 +16,12 @@ import numpy as np
 from vggfeat.errors import VggfeatError
 
 __all__ = [
-    "average_precision",
-    "precision_recall_curve",
-    "mean_class_recall",
-    "confusion_matrix",
-    "top_k_error",
     "AP_METHODS",
+    "average_precision",
+    "confusion_matrix",
+    "mean_class_recall",
+    "precision_recall_curve",
+    "top_k_error",
 ]
 
 AP_METHODS = ("11point", "area")

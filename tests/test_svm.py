@@ -1,0 +1,356 @@
+"""vggfeat.svm: solutions equal liblinear's, C selection, scikit-learn conventions, model files."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import Normalizer
+from sklearn.svm import LinearSVC
+
+from vggfeat.errors import VggfeatError
+from vggfeat.metrics import average_precision
+from vggfeat.svm import DEFAULT_CS, SVMClassifier, load_svm, save_svm
+
+TIGHT = {"tol": 1e-6, "max_iter": 100_000}
+
+
+def make_problem(n=160, dim=24, classes=3, seed=0, difficult=0.0, signal=1.0):
+    """Non-negative, L2-normalised features and (n, classes) VOC labels (1 / -1 / 0)."""
+    rng = np.random.default_rng(seed)
+    Y = np.where(rng.random((n, classes)) < 0.3, 1, -1)
+    protos = rng.random((classes, dim)) * (rng.random((classes, dim)) < 0.3)
+    X = np.abs(rng.standard_normal((n, dim)) + 0.5) + signal * (Y > 0) @ protos
+    X = (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(np.float32)
+    Y[(Y > 0) & (rng.random(Y.shape) < difficult)] = 0
+    return X, Y.astype(np.int8)
+
+
+def liblinear(X, y, C, loss="squared_hinge", **kw):
+    """The reference: LinearSVC's dual coordinate descent, run to a tiny tolerance."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return LinearSVC(C=C, loss=loss, dual=True, tol=1e-10, max_iter=1_000_000, **kw).fit(
+            X.astype(np.float64), y
+        )
+
+
+def rel_err(a, b):
+    return np.linalg.norm(np.asarray(a) - np.asarray(b)) / np.linalg.norm(b)
+
+
+# ---- Equality with liblinear -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("loss", ["squared_hinge", "hinge"])
+@pytest.mark.parametrize("C", [0.1, 3.0])
+@pytest.mark.parametrize(
+    "bias", [{}, {"intercept_scaling": 2.5}, {"fit_intercept": False}], ids=["s1", "s2.5", "nob"]
+)
+def test_solution_equals_liblinear(loss, C, bias):
+    X, Y = make_problem(difficult=0.1)
+    ours = SVMClassifier(C=C, loss=loss, **bias, **TIGHT).fit(X, Y)
+    for k in range(Y.shape[1]):
+        rows = Y[:, k] != 0  # difficult rows are left out of that class's problem
+        ref = liblinear(X[rows], Y[rows, k], C, loss, **bias)
+        assert rel_err(ours.coef_[k], ref.coef_[0]) < 1e-3
+        ref_b = float(np.atleast_1d(ref.intercept_)[0])
+        assert ours.intercept_[k] == pytest.approx(ref_b, abs=1e-3 * max(1.0, abs(ref_b)))
+        if bias.get("fit_intercept") is False:
+            assert ours.intercept_[k] == 0.0
+
+
+def test_default_tolerance_gives_liblinears_aps():
+    X, Y = make_problem(n=800, dim=60, classes=4, seed=1, difficult=0.05, signal=0.5)
+    X, Xt, Y, Yt = X[:400], X[400:], Y[:400], Y[400:]
+    ours = SVMClassifier(C=1.0).fit(X, Y)  # tol=1e-4, liblinear's default, on both sides
+    scores = ours.decision_function(Xt)
+    for k in range(4):
+        rows = Y[:, k] != 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            ref = LinearSVC(C=1.0, dual=True).fit(X[rows], Y[rows, k])
+        ap_ours = average_precision(scores[:, k], Yt[:, k], "area")
+        ap_ref = average_precision(ref.decision_function(Xt), Yt[:, k], "area")
+        assert abs(ap_ours - ap_ref) < 0.002
+        assert 0.4 < ap_ref < 0.999  # a non-trivial problem
+
+
+def test_multiclass_is_one_vs_rest_like_liblinear():
+    rng = np.random.default_rng(4)
+    X, _ = make_problem(n=150, seed=4)
+    names = np.array(["cat", "dog", "emu", "yak"])
+    y = names[rng.integers(0, 4, len(X))]
+    ours = SVMClassifier(C=0.5, **TIGHT).fit(X, y)
+    ref = liblinear(X, y, 0.5)  # multi-class LinearSVC: one-vs-rest, classes sorted
+    assert list(ours.classes_) == list(ref.classes_) == list(names)
+    assert rel_err(ours.coef_, ref.coef_) < 1e-3
+    np.testing.assert_allclose(ours.intercept_, ref.intercept_, atol=1e-3)
+    np.testing.assert_array_equal(ours.predict(X), ref.predict(X))
+    assert ours.decision_function(X).shape == (150, 4)
+
+
+def test_two_classes_give_two_mirrored_columns():
+    X, Y = make_problem(n=120, classes=1, seed=5)
+    y = np.where(Y[:, 0] > 0, "pos", "neg")
+    clf = SVMClassifier(C=1.0, **TIGHT).fit(X, y)
+    scores = clf.decision_function(X)
+    assert scores.shape == (120, 2)  # (N, K) always, unlike scikit-learn's (N,)
+    np.testing.assert_allclose(scores[:, 0], -scores[:, 1], atol=1e-6)
+    ref = liblinear(X, y, 1.0)  # binary LinearSVC: positive column = classes_[1]
+    np.testing.assert_allclose(scores[:, 1], ref.decision_function(X), atol=1e-3)
+    np.testing.assert_array_equal(clf.predict(X), ref.predict(X))
+
+
+# ---- Choosing C ----------------------------------------------------------------------------------
+
+
+def test_cross_validation_equals_liblinear_on_the_same_folds():
+    X, Y = make_problem(n=180, dim=30, seed=6, difficult=0.05, signal=0.5)
+    Cs = [0.01, 0.1, 1.0, 10.0]
+    clf = SVMClassifier(Cs=Cs, cv=3, **TIGHT).fit(X, Y)
+    assert clf.cv_fold_.shape == (180,) and set(clf.cv_fold_) == {0, 1, 2}
+    np.testing.assert_array_equal(clf.Cs_, Cs)
+    expected = np.zeros((3, len(Cs)))
+    for k in range(3):
+        for f in range(3):
+            tr = (clf.cv_fold_ != f) & (Y[:, k] != 0)
+            va = clf.cv_fold_ == f
+            for c, C in enumerate(Cs):
+                ref = liblinear(X[tr], Y[tr, k], C)
+                expected[k, c] += (
+                    average_precision(ref.decision_function(X[va]), Y[va, k], "area") / 3
+                )
+    np.testing.assert_allclose(clf.cv_scores_, expected, atol=1e-6)
+    best = np.array(Cs)[np.argmax(expected, axis=1)]
+    np.testing.assert_array_equal(clf.C_, best)
+    # The refit is the full-data fit at each class's C.
+    for k in range(3):
+        rows = Y[:, k] != 0
+        ref = liblinear(X[rows], Y[rows, k], best[k])
+        assert rel_err(clf.coef_[k], ref.coef_[0]) < 1e-3
+
+
+def test_ties_go_to_the_smaller_C():
+    X, Y = make_problem(n=90, classes=2, seed=7, signal=20.0)  # separable: AP 1 at every C
+    clf = SVMClassifier(Cs=[3.0, 0.3, 30.0], cv=3).fit(X, Y)
+    assert np.all(clf.cv_scores_ == 1.0)
+    np.testing.assert_array_equal(clf.C_, [0.3, 0.3])
+    np.testing.assert_array_equal(clf.Cs_, [0.3, 3.0, 30.0])
+
+
+def test_holdout_is_stratified_and_one_split():
+    rng = np.random.default_rng(8)
+    X, _ = make_problem(n=200, seed=8)
+    y = np.repeat(np.arange(5), 40)[rng.permutation(200)]
+    clf = SVMClassifier(Cs=[0.1, 1.0], holdout=0.2).fit(X, y)
+    assert set(clf.cv_fold_) == {-1, 0}
+    for c in range(5):  # 20% of each class held out
+        assert np.sum((clf.cv_fold_ == 0) & (y == c)) == 8
+    assert np.isfinite(clf.cv_scores_).all()
+
+
+def test_fixed_C_and_one_value_grids_skip_selection():
+    X, Y = make_problem(n=80, seed=9)
+    a = SVMClassifier(C=0.7).fit(X, Y)
+    b = SVMClassifier(Cs=[0.7]).fit(X, Y)
+    np.testing.assert_array_equal(a.C_, [0.7] * 3)
+    assert a.cv_fold_ is None and np.isnan(a.cv_scores_).all() and a.cv_scores_.shape == (3, 1)
+    np.testing.assert_allclose(a.coef_, b.coef_)
+
+
+def test_default_grid():
+    assert len(DEFAULT_CS) >= 8
+    ratios = np.diff(np.log10(DEFAULT_CS))
+    np.testing.assert_allclose(ratios, ratios[0])
+    assert min(DEFAULT_CS) <= 0.01 and max(DEFAULT_CS) >= 10
+
+
+def test_progress_and_determinism():
+    X, Y = make_problem(n=90, seed=10)
+    calls = []
+    a = SVMClassifier(Cs=[0.1, 1.0], cv=3, random_state=3).fit(
+        X, Y, progress=lambda d, t: calls.append((d, t))
+    )
+    done, total = zip(*calls)
+    assert calls[0][0] == 0 and done[-1] == total[-1] and list(done) == sorted(done)
+    assert total[0] == 1 + 3 * 2 * 3 + 3  # Gram blocks + (class, C, fold) problems + refits
+    b = SVMClassifier(Cs=[0.1, 1.0], cv=3, random_state=3).fit(X, Y)
+    np.testing.assert_array_equal(a.coef_, b.coef_)
+    np.testing.assert_array_equal(a.cv_fold_, b.cv_fold_)
+
+
+def test_convergence_warning():
+    X, Y = make_problem(n=80, seed=11)
+    with pytest.warns(ConvergenceWarning, match="max_iter=1"):
+        clf = SVMClassifier(C=10.0, max_iter=1).fit(X, Y)
+    assert np.all(clf.n_iter_ == 1)
+
+
+# ---- scikit-learn conventions ---------------------------------------------------------------------
+
+
+def test_sklearn_conventions():
+    clf = SVMClassifier(C=2.0, Cs=(0.1, 1.0), loss="hinge")
+    assert clf.get_params()["Cs"] == (0.1, 1.0)
+    twin = clone(clf)
+    assert twin.get_params() == clf.get_params() and twin is not clf
+    assert clf.set_params(C=5.0) is clf and clf.C == 5.0
+    with pytest.raises(NotFittedError):
+        clf.decision_function(np.zeros((2, 3)))
+    # __init__ stores, fit validates.
+    bad = SVMClassifier(loss="log")
+    with pytest.raises(VggfeatError, match="Unknown loss"):
+        bad.fit(*make_problem(n=20))
+
+
+def test_pipeline_and_grid_search():
+    rng = np.random.default_rng(12)
+    X, _ = make_problem(n=150, seed=12)
+    y = rng.integers(0, 3, 150)
+    X = X * rng.uniform(0.5, 5, (150, 1)).astype(np.float32)  # not normalised
+    pipe = Pipeline([("scale", Normalizer()), ("svm", SVMClassifier(C=1.0))]).fit(X, y)
+    ref = SVMClassifier(C=1.0).fit(Normalizer().fit_transform(X), y)
+    np.testing.assert_allclose(
+        pipe.decision_function(X),
+        ref.decision_function(X / np.linalg.norm(X, axis=1, keepdims=True)),
+        atol=1e-5,
+    )
+    search = GridSearchCV(SVMClassifier(), {"C": [0.01, 0.1, 1.0]}, cv=3).fit(X, y)
+    assert search.best_params_["C"] in (0.01, 0.1, 1.0)
+    assert 0 <= search.score(X, y) <= 1
+    assert search.best_estimator_.n_features_in_ == 24
+
+
+# ---- Model files ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["multilabel", "str", "int"])
+def test_save_load_round_trip(tmp_path, kind):
+    X, Y = make_problem(n=90, seed=13)
+    y = {"multilabel": Y, "str": np.array(["b", "a", "c"])[np.argmax(Y, 1)],
+         "int": np.array([7, 3, 11])[np.argmax(Y, 1)]}[kind]  # fmt: skip
+    clf = SVMClassifier(Cs=[0.1, 1.0], cv=3).fit(X, y)
+    spec = {"features": {"nets": ["D", "E"], "scales": [256, 384]}, "note": "ü"}
+    path = tmp_path / "model.h5"
+    save_svm(path, clf, spec)
+    assert [p.name for p in tmp_path.iterdir()] == ["model.h5"]  # no temporary file left
+    back, spec2 = load_svm(path)
+    assert spec2 == spec
+    np.testing.assert_array_equal(back.decision_function(X), clf.decision_function(X))
+    np.testing.assert_array_equal(back.predict(X), clf.predict(X))
+    assert back.classes_.dtype.kind == clf.classes_.dtype.kind
+    np.testing.assert_array_equal(back.classes_, clf.classes_)
+    for name in ("C_", "Cs_", "cv_scores_", "intercept_", "n_iter_"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(clf, name))
+    assert back.get_params() == {**clf.get_params(), "Cs": [0.1, 1.0]}
+    with h5py.File(path, "r") as f:
+        assert f.attrs["format"] == "vggfeat-svm" and f.attrs["format_version"] == 1
+        assert json.loads(f.attrs["params"])["cv"] == 3
+        assert "scikit-learn" in json.loads(f.attrs["versions"])
+        assert f["coef"].shape == (3, 24)
+
+
+def test_load_errors(tmp_path):
+    with pytest.raises(VggfeatError, match="does not exist"):
+        load_svm(tmp_path / "missing.h5")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(VggfeatError, match="Cannot read model file"):
+        load_svm(tmp_path / "junk.h5")
+    with h5py.File(tmp_path / "other.h5", "w") as f:
+        f.attrs["format"] = "vggfeat-store"
+    with pytest.raises(VggfeatError, match="not a vggfeat SVM model"):
+        load_svm(tmp_path / "other.h5")
+    X, Y = make_problem(n=40)
+    save_svm(tmp_path / "m.h5", SVMClassifier().fit(X, Y), {})
+    with h5py.File(tmp_path / "m.h5", "a") as f:
+        f.attrs["format_version"] = 99
+    with pytest.raises(VggfeatError, match="upgrade vggfeat"):
+        load_svm(tmp_path / "m.h5")
+    with h5py.File(tmp_path / "m.h5", "a") as f:
+        f.attrs["format_version"] = 1
+        del f["coef"]
+    with pytest.raises(VggfeatError, match="'coef'"):
+        load_svm(tmp_path / "m.h5")
+    with pytest.raises(VggfeatError, match="JSON"):
+        save_svm(tmp_path / "n.h5", SVMClassifier().fit(X, Y), {"bad": object()})
+
+
+# ---- Bad input ------------------------------------------------------------------------------------
+
+
+def test_nan_rows_are_named():
+    X, Y = make_problem(n=60)
+    X[[4, 17, 30, 31, 40, 50]] = np.nan
+    X[45, 2] = np.inf
+    with pytest.raises(
+        VggfeatError, match=r"7 rows with NaN or inf values \(rows 4, 17, 30, 31, 40, \.\.\.\)"
+    ):
+        SVMClassifier().fit(X, Y)
+    clf = SVMClassifier().fit(*make_problem(n=60))
+    with pytest.raises(VggfeatError, match=r"X has 1 row with NaN or inf values \(row 4\)"):
+        clf.decision_function(X[41:50])
+
+
+@pytest.mark.parametrize(
+    ("params", "match"),
+    [
+        ({"loss": "l1"}, "Unknown loss 'l1'. Valid losses: hinge, squared_hinge"),
+        ({"C": 0}, "C must be a positive"),
+        ({"C": float("nan")}, "C must be a positive"),
+        ({"Cs": []}, "Cs must be a non-empty"),
+        ({"Cs": [1.0, -1.0]}, "Cs must be a non-empty"),
+        ({"Cs": ["a"]}, "Cs must be a sequence"),
+        ({"Cs": [1.0, 2.0], "cv": 1}, "cv must be an integer"),
+        ({"Cs": [1.0, 2.0], "cv": 2.5}, "cv must be an integer"),
+        ({"Cs": [1.0, 2.0], "holdout": 1.5}, "holdout must be a fraction"),
+        ({"Cs": [1.0, 2.0], "holdout": 0}, "holdout must be a fraction"),
+        ({"tol": -1}, "tol must be"),
+        ({"max_iter": 0}, "max_iter must be"),
+        ({"intercept_scaling": 0}, "intercept_scaling must be"),
+        ({"device": "tpu"}, "Unknown device 'tpu'"),
+    ],
+)
+def test_bad_parameters(params, match):
+    X, Y = make_problem(n=30)
+    with pytest.raises(VggfeatError, match=match):
+        SVMClassifier(**params).fit(X, Y)
+
+
+def test_bad_data():
+    X, Y = make_problem(n=30)
+    with pytest.raises(VggfeatError, match="no rows"):
+        SVMClassifier().fit(X[:0], Y[:0])
+    with pytest.raises(VggfeatError, match="N = 30 rows of X; got shape \\(29, 3\\)"):
+        SVMClassifier().fit(X, Y[:29])
+    with pytest.raises(VggfeatError, match="2-D"):
+        SVMClassifier().fit(X[0], Y)
+    Y0 = Y.copy()
+    Y0[:, 1] = np.where(Y0[:, 1] > 0, 0, Y0[:, 1])
+    with pytest.raises(VggfeatError, match="Class 1 .* has no positive training example"):
+        SVMClassifier().fit(X, Y0)
+    with pytest.raises(VggfeatError, match="VOC labels"):
+        SVMClassifier().fit(X, Y * 2)
+    with pytest.raises(VggfeatError, match="only one class"):
+        SVMClassifier().fit(X, np.full(30, "cat"))
+    with pytest.raises(VggfeatError, match="cv=40 folds need at least 40"):
+        SVMClassifier(Cs=[1.0, 2.0], cv=40).fit(X, Y)
+    one = np.where(np.arange(30) == 3, 1, -1)
+    with pytest.raises(VggfeatError, match="no positive example in any validation part"):
+        SVMClassifier(Cs=[1.0, 2.0], holdout=0.2).fit(X, one[:, None])
+    clf = SVMClassifier().fit(X, Y)
+    with pytest.raises(
+        VggfeatError, match="X has 23 features but this SVMClassifier was fitted on 24"
+    ):
+        clf.predict(X[:, :23])
+    with pytest.raises(VggfeatError, match="sparse"):
+        from scipy.sparse import csr_matrix
+
+        clf.predict(csr_matrix(X))

@@ -354,3 +354,25 @@ def test_bad_data():
         from scipy.sparse import csr_matrix
 
         clf.predict(csr_matrix(X))
+
+
+# ---- Devices -----------------------------------------------------------------------------------
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    X, Y = make_problem(n=200, difficult=0.05)
+    cpu = SVMClassifier(Cs=[0.1, 1.0], device="cpu", **TIGHT).fit(X, Y)
+    gpu = SVMClassifier(Cs=[0.1, 1.0], device="cuda", **TIGHT).fit(X, Y)
+    np.testing.assert_array_equal(gpu.C_, cpu.C_)
+    np.testing.assert_allclose(gpu.cv_scores_, cpu.cv_scores_, atol=1e-6)
+    assert rel_err(gpu.coef_, cpu.coef_) < 1e-5
+
+
+def test_cuda_requested_without_cuda():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present")
+    with pytest.raises(VggfeatError, match="no CUDA device is available"):
+        SVMClassifier(device="cuda").fit(*make_problem(n=30))

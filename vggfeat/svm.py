@@ -178,7 +178,7 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         log = _Log(self.verbose)
         grid = opts["Cs"]
         select = grid is not None and len(grid) > 1
-        splits = _make_splits(Y, multilabel, classes, opts, rng) if select else []
+        splits = _make_splits(Y, multilabel, opts, rng) if select else []
         n_gram = math.ceil(n / _GRAM_BLOCK)
         total = n_gram + K * (len(grid) if select else 0) * len(splits) + K
         ticker = _Ticker(progress, total)
@@ -290,9 +290,8 @@ def _check_params(est: SVMClassifier) -> dict[str, Any]:
             f"holdout must be a fraction in (0, 1) (e.g. 0.2) or None; got {holdout!r}."
         )
     cv = est.cv
-    if holdout is None and (
-        isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2
-    ):
+    selecting = Cs is not None and len(Cs) > 1 and holdout is None
+    if selecting and (isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2):
         raise VggfeatError(f"cv must be an integer number of folds >= 2; got {cv!r}.")
     if est.fit_intercept and not _positive(est.intercept_scaling):
         raise VggfeatError(
@@ -305,7 +304,7 @@ def _check_params(est: SVMClassifier) -> dict[str, Any]:
     if est.max_iter < 1:
         raise VggfeatError(f"max_iter must be a positive integer; got {est.max_iter!r}.")
     return {"Cs": Cs, "cv": cv, "holdout": holdout, "tol": float(est.tol),
-            "max_iter": int(est.max_iter), "verbose": bool(est.verbose)}  # fmt: skip
+            "max_iter": int(est.max_iter)}  # fmt: skip
 
 
 def _number(v: Any) -> bool:
@@ -412,7 +411,7 @@ def _resolve_device(device: str) -> Any:
 
 
 def _make_splits(
-    Y: np.ndarray, multilabel: bool, classes: np.ndarray, opts: dict[str, Any], rng: Any
+    Y: np.ndarray, multilabel: bool, opts: dict[str, Any], rng: Any
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified (train rows, validation rows) pairs: ``cv`` folds, or one holdout split.
 

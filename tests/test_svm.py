@@ -258,6 +258,15 @@ def test_save_load_round_trip(tmp_path, kind):
         assert f["coef"].shape == (3, 24)
 
 
+def test_large_spec_round_trips(tmp_path):
+    """A model spec past HDF5's 64 KB compact-attribute limit (e.g. 1000 classes of provenance)."""
+    X, Y = make_problem(n=60, seed=14)
+    clf = SVMClassifier(C=1.0).fit(X, Y)
+    spec = {"classes": [f"class_{i:04d}_" + "x" * 90 for i in range(1000)]}
+    save_svm(tmp_path / "big.h5", clf, spec)
+    assert load_svm(tmp_path / "big.h5")[1] == spec
+
+
 def test_load_errors(tmp_path):
     with pytest.raises(VggfeatError, match="does not exist"):
         load_svm(tmp_path / "missing.h5")
@@ -374,5 +383,5 @@ def test_cuda_requested_without_cuda():
 
     if torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
-    with pytest.raises(VggfeatError, match="no CUDA device is available"):
+    with pytest.raises(VggfeatError, match="no CUDA GPU is visible"):
         SVMClassifier(device="cuda").fit(*make_problem(n=30))

@@ -23,6 +23,13 @@ _EXPORTS = {
     "Extractor": "vggfeat.extract",
     "extract_to_store": "vggfeat.pipeline",
     "find_images": "vggfeat.datasets",
+    "SVMClassifier": "vggfeat.svm",
+    "save_svm": "vggfeat.svm",
+    "load_svm": "vggfeat.svm",
+    "average_precision": "vggfeat.metrics",
+    "mean_class_recall": "vggfeat.metrics",
+    "FeatureSpec": "vggfeat.features",
+    "design_matrix": "vggfeat.features",
 }
 
 __all__ = ["__version__", *_EXPORTS]

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vggfeat.devices import resolve_device
 from vggfeat.errors import ImageError, VggfeatError
 from vggfeat.images import (
     DEFAULT_MAX_SIDE,
@@ -36,23 +37,10 @@ __all__ = [
     "ExtractConfig",
     "ExtractSummary",
     "Extractor",
-    "resolve_device",
     "software_versions",
 ]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> cuda when available, else cpu; 'cuda' without a GPU is a clear error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise VggfeatError("--device cuda was asked for but no CUDA GPU is visible; use cpu.")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise VggfeatError(f"Unknown device {name!r}: use cpu, cuda or auto.") from None
 
 
 @dataclass(frozen=True)

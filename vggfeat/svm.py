@@ -167,13 +167,15 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         """
         import torch
 
+        from vggfeat.devices import resolve_device
+
         opts = _check_params(self)
         X = _check_X(X, "X")
         Y, classes, multilabel = _encode_targets(y, len(X))
         n, dim = X.shape
         K = Y.shape[1]
         rng = np.random.default_rng(check_random_state(self.random_state).randint(2**31 - 1))
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         dtype = torch.float64  # float32 loses the decision values to cancellation at large C
         log = _Log(self.verbose)
         grid = opts["Cs"]
@@ -388,26 +390,6 @@ def _encode_targets(y: Any, n: int) -> tuple[np.ndarray, np.ndarray, bool]:
         )
     Y = np.where(inverse[:, None] == np.arange(len(classes))[None, :], 1, -1).astype(np.int8)
     return Y, classes, False
-
-
-def _resolve_device(device: str) -> Any:
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        raise VggfeatError(
-            f"Unknown device {device!r}. Valid: 'auto', 'cpu', 'cuda', 'cuda:N'."
-        ) from None
-    if dev.type not in ("cpu", "cuda"):
-        raise VggfeatError(f"Unknown device {device!r}. Valid: 'auto', 'cpu', 'cuda', 'cuda:N'.")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise VggfeatError(
-            f"device={device!r} but no CUDA device is available; use device='cpu' or 'auto'."
-        )
-    return dev
 
 
 def _make_splits(
@@ -892,7 +874,8 @@ def save_svm(path: str | os.PathLike, clf: SVMClassifier, spec: dict[str, Any]) 
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        with h5py.File(tmp, "w") as f:
+        # libver="latest": dense attribute storage, so a large spec is not capped at 64 KB.
+        with h5py.File(tmp, "w", libver="latest") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["params"] = _json_params(clf)

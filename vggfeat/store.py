@@ -44,6 +44,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "FeatureStore",
+    "check_format",
     "StoreWriter",
     "Row",
     "combine_stores",
@@ -59,6 +60,21 @@ FORMAT_VERSION = 1
 STATUS_CODES = {0: "ok", 1: "failed"}
 _STR = h5py.string_dtype("utf-8")
 _PER_IMAGE = ("ids", "status", "reason", "note", "image_size")
+
+
+def check_format(
+    attrs: Mapping[str, Any], path: os.PathLike | str, fmt: str, version: int, what: str
+) -> None:
+    """Refuse an HDF5 file whose root ``format`` attr is not ``fmt`` or whose
+    ``format_version`` is newer than ``version`` (``what`` names the kind of file)."""
+    if attrs.get("format") != fmt:
+        raise StoreError(f"{path} is not a vggfeat {what} (no format={fmt}).")
+    found = int(attrs.get("format_version", 0))
+    if found > version:
+        raise StoreError(
+            f"{path} has {what} format version {found}; this vggfeat reads up to {version}: "
+            "upgrade vggfeat."
+        )
 
 
 def parts_dir(path: str | os.PathLike) -> Path:
@@ -159,14 +175,7 @@ class FeatureStore:
         self._row = {id_: i for i, id_ in enumerate(self.ids)}
 
     def _check_format(self, f: h5py.File) -> None:
-        if f.attrs.get("format") != FORMAT:
-            raise StoreError(f"{self.path} is not a vggfeat feature store (no format={FORMAT}).")
-        version = int(f.attrs.get("format_version", 0))
-        if version > FORMAT_VERSION:
-            raise StoreError(
-                f"{self.path} has store format version {version}; this vggfeat reads up to "
-                f"{FORMAT_VERSION}: upgrade vggfeat."
-            )
+        check_format(f.attrs, self.path, FORMAT, FORMAT_VERSION, "feature store")
         for key in _PER_IMAGE:
             if key not in f:
                 raise StoreError(f"{self.path}: missing HDF5 key /{key}.")

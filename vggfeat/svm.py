@@ -908,20 +908,15 @@ def load_svm(path: str | os.PathLike) -> tuple[SVMClassifier, dict[str, Any]]:
     """
     import h5py
 
+    from vggfeat.store import check_format
+
     path = Path(path)
     if not path.is_file():
         raise VggfeatError(f"Model file {path} does not exist.")
     key = "/"
     try:
         with h5py.File(path, "r") as f:
-            if f.attrs.get("format") != FORMAT:
-                raise VggfeatError(f"{path} is not a vggfeat SVM model file (no format={FORMAT}).")
-            version = int(f.attrs.get("format_version", 0))
-            if version > FORMAT_VERSION:
-                raise VggfeatError(
-                    f"{path} has model format version {version}; this vggfeat reads up to "
-                    f"{FORMAT_VERSION}: upgrade vggfeat."
-                )
+            check_format(f.attrs, path, FORMAT, FORMAT_VERSION, "SVM model file")
             key = "params"
             params = json.loads(f.attrs["params"])
             key = "spec"

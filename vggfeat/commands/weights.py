@@ -181,6 +181,16 @@ def format_description(d: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+format_option = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "caffe", "keras"]),
+    default="auto",
+    show_default=True,
+    help="How to read an Oxford release: auto tells Keras HDF5 from a Caffe protobuf.",
+)
+
+
 @click.group()
 def weights() -> None:
     """Weight files: list the known sources, describe a file, import the Oxford releases."""
@@ -207,14 +217,7 @@ def list_(dirs: tuple[str, ...], as_json: bool) -> None:
 
 @weights.command("info")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["auto", "caffe", "keras"]),
-    default="auto",
-    show_default=True,
-    help="How to read an Oxford release whose extension does not say.",
-)
+@format_option
 @json_option
 def info(file: str, fmt: str, as_json: bool) -> None:
     """Describe the weight FILE: net, preprocessing, sha256 and origin.
@@ -242,14 +245,7 @@ def info(file: str, fmt: str, as_json: bool) -> None:
     help="Output .safetensors file [default: $TORCH_HOME/vggfeat/oxford_vgg16.safetensors "
     "or oxford_vgg19.safetensors].",
 )
-@click.option(
-    "--format",
-    "fmt",
-    type=click.Choice(["auto", "caffe", "keras"]),
-    default="auto",
-    show_default=True,
-    help="Input format; auto tells HDF5 (Keras) from .caffemodel.",
-)
+@format_option
 @click.option("--force", is_flag=True, help="Replace --out if it exists.")
 def import_(file: str, net: str, out: str | None, fmt: str, force: bool) -> None:
     """Convert an original Oxford VGG release (Caffe or Keras) into vggfeat's weight file.

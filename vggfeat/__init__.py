@@ -16,7 +16,6 @@ _EXPORTS = {
     "combine_stores": "vggfeat.store",
     "VGG": "vggfeat.nets",
     "DenseVGG": "vggfeat.nets",
-    "build_vgg": "vggfeat.nets",
     "load_weights": "vggfeat.weights",
     "Preprocess": "vggfeat.weights",
     "ExtractConfig": "vggfeat.extract",

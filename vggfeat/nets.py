@@ -23,7 +23,6 @@ __all__ = [
     "DenseVGG",
     "LAYERS",
     "canonical_net",
-    "build_vgg",
     "fc_width",
 ]
 
@@ -146,11 +145,6 @@ class VGG(nn.Module):
         x = self.features(x)
         x = self.avgpool(x)
         return self.classifier(torch.flatten(x, 1))
-
-
-def build_vgg(net: str, width: float = 1.0, num_classes: int = 1000) -> VGG:
-    """Build an uninitialised-from-checkpoint VGG for a Table 1 config."""
-    return VGG(net, num_classes=num_classes, width=width)
 
 
 def _zero_padding_(x: torch.Tensor, sizes: list[tuple[int, int]]) -> torch.Tensor:

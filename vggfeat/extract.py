@@ -9,7 +9,6 @@ This module never opens HDF5: finished rows go to a callback (the CLI passes a S
 from __future__ import annotations
 
 import contextlib
-import platform
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +36,6 @@ __all__ = [
     "ExtractConfig",
     "ExtractSummary",
     "Extractor",
-    "software_versions",
 ]
 
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -95,25 +93,6 @@ class ExtractSummary:
     @property
     def images_per_second(self) -> float:
         return self.done / self.seconds if self.seconds > 0 else 0.0
-
-
-def software_versions() -> dict[str, str]:
-    """Versions recorded in every store."""
-    import h5py
-    import PIL
-    import torchvision
-
-    from vggfeat import __version__
-
-    return {
-        "vggfeat": __version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "h5py": h5py.__version__,
-        "pillow": PIL.__version__,
-        "python": platform.python_version(),
-    }
 
 
 @dataclass

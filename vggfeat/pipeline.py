@@ -6,8 +6,9 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from vggfeat.extract import ExtractConfig, Extractor, ExtractSummary, software_versions
+from vggfeat.extract import ExtractConfig, Extractor, ExtractSummary
 from vggfeat.store import FeatureStore, StoreWriter
+from vggfeat.versions import software_versions
 from vggfeat.weights import Weights
 
 __all__ = ["ExtractResult", "extract_to_store"]

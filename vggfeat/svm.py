@@ -55,6 +55,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from vggfeat.errors import VggfeatError
 from vggfeat.metrics import average_precision
+from vggfeat.versions import software_versions
 
 __all__ = ["DEFAULT_CS", "FORMAT", "LOSSES", "SVMClassifier", "load_svm", "save_svm"]
 
@@ -814,16 +815,6 @@ def _weights(beta: np.ndarray, X: np.ndarray) -> np.ndarray:
 # Model files
 
 
-def _versions() -> dict[str, str]:
-    import h5py
-    import sklearn
-
-    import vggfeat
-
-    return {"vggfeat": vggfeat.__version__, "numpy": np.__version__, "h5py": h5py.__version__,
-            "scikit-learn": sklearn.__version__}  # fmt: skip
-
-
 def _json_params(clf: SVMClassifier) -> str:
     params = clf.get_params(deep=False)
     if params["Cs"] is not None:
@@ -880,7 +871,7 @@ def save_svm(path: str | os.PathLike, clf: SVMClassifier, spec: dict[str, Any]) 
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["params"] = _json_params(clf)
             f.attrs["spec"] = spec_json
-            f.attrs["versions"] = json.dumps(_versions(), sort_keys=True)
+            f.attrs["versions"] = json.dumps(software_versions(), sort_keys=True)
             f.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
             f.attrs["target"] = "multilabel" if clf.multilabel_ else "multiclass"
             ds = f.create_dataset("classes", data=names, dtype=h5py.string_dtype("utf-8"))

@@ -73,18 +73,6 @@ def _parse_cs(value: str | None) -> list[float] | None:
     return cs
 
 
-def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for package in ("vggfeat", "numpy", "scikit-learn", "h5py", "torch"):
-        try:
-            out[package] = version(package)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 class _Progress:
     """A tqdm bar driven by the SVM's ``progress(done, total)`` callback."""
 
@@ -266,6 +254,7 @@ def fit(features, nets, scales, aggregate, block_norm, labels_path, train_split,
     from vggfeat.labels import read_labels, resolve_split
     from vggfeat.report import fit_table
     from vggfeat.svm import SVMClassifier, save_svm
+    from vggfeat.versions import software_versions
 
     if c is not None and cs is not None:
         raise click.UsageError("Give --C (one fixed C) or --Cs (a grid to choose from), not both.")
@@ -322,7 +311,7 @@ def fit(features, nets, scales, aggregate, block_norm, labels_path, train_split,
             "cv": None if grid is None or holdout else clf.cv,
             "holdout": holdout,
         },
-        "versions": _versions(),
+        "versions": software_versions(),
     }
     save_svm(out, clf, model_spec)
     click.echo(f"Wrote {out}: {len(train.classes)} classes, {x.shape[1]}-d features.")

@@ -8,7 +8,7 @@ frequencies and some positives marked difficult (0).
 
 Both sides do the same work per class: for every C of the grid and every fold, fit on the
 fold's training rows and score AP ("area") on its validation rows; choose C (ties to the
-smaller); refit on all training rows. The baseline (``LinearSVC(dual=True)``, the same
+larger); refit on all training rows. The baseline (``LinearSVC(dual=True)``, the same
 problem, loss, bias treatment and tolerance) runs on a subset of the classes (spread over
 class frequency) and its time is extrapolated to all classes by the number of classes;
 everything else (folds, grid, tolerance) is identical. Test APs are compared at the same C.
@@ -83,7 +83,7 @@ def _baseline(X, Y, classes, Cs, splits, loss, tol, max_iter):
                 if (Y[va, k] > 0).any():
                     ap[f, c] = average_precision(scores, Y[va, k], "area")
         cv[k] = np.nanmean(ap, axis=0)
-        chosen[k] = Cs[int(np.argmax(cv[k]))]
+        chosen[k] = Cs[len(Cs) - 1 - int(np.argmax(cv[k][::-1]))]  # ties to the larger C
         rows = np.flatnonzero(Y[:, k] != 0)
         t = time.perf_counter()
         models[k] = LinearSVC(C=chosen[k], loss=loss, dual=True, tol=tol, max_iter=max_iter).fit(

@@ -129,7 +129,7 @@ def test_cross_validation_equals_liblinear_on_the_same_folds():
                     average_precision(ref.decision_function(X[va]), Y[va, k], "area") / 3
                 )
     np.testing.assert_allclose(clf.cv_scores_, expected, atol=1e-6)
-    best = np.array(Cs)[np.argmax(expected, axis=1)]
+    best = np.array(Cs)[len(Cs) - 1 - np.argmax(expected[:, ::-1], axis=1)]  # ties: larger C
     np.testing.assert_array_equal(clf.C_, best)
     # The refit is the full-data fit at each class's C.
     for k in range(3):
@@ -138,11 +138,11 @@ def test_cross_validation_equals_liblinear_on_the_same_folds():
         assert rel_err(clf.coef_[k], ref.coef_[0]) < 1e-3
 
 
-def test_ties_go_to_the_smaller_C():
+def test_ties_go_to_the_larger_C():
     X, Y = make_problem(n=90, classes=2, seed=7, signal=20.0)  # separable: AP 1 at every C
     clf = SVMClassifier(Cs=[3.0, 0.3, 30.0], cv=3).fit(X, Y)
     assert np.all(clf.cv_scores_ == 1.0)
-    np.testing.assert_array_equal(clf.C_, [0.3, 0.3])
+    np.testing.assert_array_equal(clf.C_, [30.0, 30.0])
     np.testing.assert_array_equal(clf.Cs_, [0.3, 3.0, 30.0])
 
 

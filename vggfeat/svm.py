@@ -33,6 +33,7 @@ Model files (HDF5, no pickle; format ``vggfeat-svm`` version 1):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -41,7 +42,7 @@ import sys
 import time
 import uuid
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -538,6 +539,26 @@ def _gram(X: np.ndarray, scale: float, device: Any, dtype: Any, ticker: _Ticker)
     return gram
 
 
+@contextlib.contextmanager
+def _update_pool(device: Any) -> Iterator[ThreadPoolExecutor | None]:
+    """On CPU, a one-worker pool that applies a block's update while the main thread sweeps
+    the next block, with torch and BLAS single-threaded meanwhile (spinning BLAS workers slow
+    the Python part down); on a GPU, no pool."""
+    if device.type != "cpu":
+        yield None
+        return
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=1) as pool:
+            yield pool
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _solve_dual(
     gram: Any,
     rows: np.ndarray,
@@ -584,117 +605,86 @@ def _solve_dual(
     """
     import torch
 
-    args = (gram, rows, Y, C, squared, opts, rng, alpha0, ticker, what)
-    if gram.device.type != "cpu":
-        return _solve_dual_loop(*args, pool=None)
-    from threadpoolctl import threadpool_limits
+    with _update_pool(gram.device) as pool:
+        n, P = Y.shape
+        dev = gram.device
+        tol, max_iter = opts["tol"], opts["max_iter"]
+        order = rng.permutation(n)
+        idx = torch.from_numpy(np.asarray(rows)[order]).to(dev)
+        K = gram.index_select(0, idx).index_select(1, idx)
+        del idx
+        C = np.asarray(C, dtype=np.float64)
+        upper = np.full(P, np.inf) if squared else C
+        Yf = Y[order].astype(np.float64)
+        U = np.where(Yf != 0, upper[None, :], 0).astype(np.float64)
+        D = (0.5 / C if squared else np.zeros(P)).astype(np.float64)
+        A = np.zeros((n, P), np.float64)
+        if alpha0 is not None:
+            A[:] = np.clip(alpha0[order], 0, U)
+        qdiag = K.diagonal().cpu().numpy().astype(np.float64)[:, None] * (Yf * Yf) + D
+        IQ = np.divide(1.0, qdiag, out=np.zeros_like(qdiag), where=qdiag > 0)
+        del qdiag
+        out = np.zeros((n, P))
+        epochs = np.zeros(P, np.int64)
+        active = np.arange(P)
 
-    # The loop interleaves short BLAS calls with Python. Rather than BLAS threads (whose
-    # spinning workers slow the Python part down), use two single-threaded streams: the main
-    # thread sweeps blocks while one worker applies the previous block's update.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=1) as pool:
-            return _solve_dual_loop(*args, pool=pool)
-    finally:
-        torch.set_num_threads(threads)
+        # Decision values are kept transposed, (P, n): the update delta^T @ panel then runs
+        # several times faster than panel^T @ delta on CPU BLAS.
+        def decisions(cols: np.ndarray | None = None) -> Any:
+            beta = Yf * A if cols is None else Yf[:, cols] * A[:, cols]
+            return torch.from_numpy(np.ascontiguousarray(beta.T)).to(dev) @ K
 
-
-def _solve_dual_loop(
-    gram: Any,
-    rows: np.ndarray,
-    Y: np.ndarray,
-    C: np.ndarray,
-    squared: bool,
-    opts: dict[str, Any],
-    rng: Any,
-    alpha0: np.ndarray | None,
-    ticker: _Ticker | None,
-    what: str,
-    pool: Any,
-) -> tuple[np.ndarray, np.ndarray]:
-    import torch
-
-    n, P = Y.shape
-    dev = gram.device
-    tol, max_iter = opts["tol"], opts["max_iter"]
-    order = rng.permutation(n)
-    idx = torch.from_numpy(np.asarray(rows)[order]).to(dev)
-    K = gram.index_select(0, idx).index_select(1, idx)
-    del idx
-    C = np.asarray(C, dtype=np.float64)
-    upper = np.full(P, np.inf) if squared else C
-    Yf = Y[order].astype(np.float64)
-    U = np.where(Yf != 0, upper[None, :], 0).astype(np.float64)
-    D = (0.5 / C if squared else np.zeros(P)).astype(np.float64)
-    A = np.zeros((n, P), np.float64)
-    if alpha0 is not None:
-        A[:] = np.clip(alpha0[order], 0, U)
-    qdiag = K.diagonal().cpu().numpy().astype(np.float64)[:, None] * (Yf * Yf) + D
-    IQ = np.divide(1.0, qdiag, out=np.zeros_like(qdiag), where=qdiag > 0)
-    del qdiag
-    out = np.zeros((n, P))
-    epochs = np.zeros(P, np.int64)
-    active = np.arange(P)
-
-    # Decision values are kept transposed, (P, n): the update delta^T @ panel then runs
-    # several times faster than panel^T @ delta on CPU BLAS.
-    def decisions(cols: np.ndarray | None = None) -> Any:
-        beta = Yf * A if cols is None else Yf[:, cols] * A[:, cols]
-        return torch.from_numpy(np.ascontiguousarray(beta.T)).to(dev) @ K
-
-    F = decisions()
-    G = _gradient(Yf, F, D, A)
-    hi = np.full(P, np.inf)
-    lo = np.full(P, -np.inf)
-    for epoch in range(1, max_iter + 1):
-        # liblinear's shrinking: a coordinate at a bound whose gradient points out of the box
-        # by more than last epoch's largest violation is skipped; here only when that holds
-        # in every problem of the batch.
-        movable = ~(((A <= 0) & (G > hi)) | ((A >= U) & (G < lo)) | (U <= 0)).all(axis=1)
-        visit = np.flatnonzero(movable)
-        visit = visit[rng.permutation(len(visit))]
-        _epoch(K, F, A, Yf, None if squared else U, D, IQ, visit, pool)
+        F = decisions()
         G = _gradient(Yf, F, D, A)
-        pmax, pmin = _pg_range(G, A, U)
-        done = pmax - pmin <= tol
-        if done.any():  # confirm on exactly recomputed decision values
-            cols = np.flatnonzero(done)
-            F[torch.from_numpy(cols).to(dev)] = decisions(cols)
+        hi = np.full(P, np.inf)
+        lo = np.full(P, -np.inf)
+        for epoch in range(1, max_iter + 1):
+            # liblinear's shrinking: a coordinate at a bound whose gradient points out of the box
+            # by more than last epoch's largest violation is skipped; here only when that holds
+            # in every problem of the batch.
+            movable = ~(((A <= 0) & (G > hi)) | ((A >= U) & (G < lo)) | (U <= 0)).all(axis=1)
+            visit = np.flatnonzero(movable)
+            visit = visit[rng.permutation(len(visit))]
+            _epoch(K, F, A, Yf, None if squared else U, D, IQ, visit, pool)
             G = _gradient(Yf, F, D, A)
             pmax, pmin = _pg_range(G, A, U)
             done = pmax - pmin <= tol
-        if epoch == max_iter and not done.all():
-            warnings.warn(
-                f"vggfeat.svm: {int((~done).sum())} of {P} problems ({what}) did not converge "
-                f"in max_iter={max_iter} epochs; increase max_iter or tol.",
-                ConvergenceWarning,
-                stacklevel=4,
-            )
-            done[:] = True
-        if done.any():
-            out[np.ix_(order, active[done])] = A[:, done]
-            epochs[active[done]] = epoch
-            if ticker is not None:
-                ticker(int(done.sum()))
-            keep = ~done
-            active = active[keep]
-            if not len(active):
-                break
-            Yf, U, A, IQ, D, G = (
-                Yf[:, keep],
-                U[:, keep],
-                A[:, keep],
-                IQ[:, keep],
-                D[keep],
-                G[:, keep],
-            )
-            pmax, pmin = pmax[keep], pmin[keep]
-            F = F[torch.from_numpy(np.flatnonzero(keep)).to(dev)]
-        hi = np.where(pmax > 0, pmax, np.inf)
-        lo = np.where(pmin < 0, pmin, -np.inf)
-    return out, epochs
+            if done.any():  # confirm on exactly recomputed decision values
+                cols = np.flatnonzero(done)
+                F[torch.from_numpy(cols).to(dev)] = decisions(cols)
+                G = _gradient(Yf, F, D, A)
+                pmax, pmin = _pg_range(G, A, U)
+                done = pmax - pmin <= tol
+            if epoch == max_iter and not done.all():
+                warnings.warn(
+                    f"vggfeat.svm: {int((~done).sum())} of {P} problems ({what}) did not converge "
+                    f"in max_iter={max_iter} epochs; increase max_iter or tol.",
+                    ConvergenceWarning,
+                    stacklevel=4,
+                )
+                done[:] = True
+            if done.any():
+                out[np.ix_(order, active[done])] = A[:, done]
+                epochs[active[done]] = epoch
+                if ticker is not None:
+                    ticker(int(done.sum()))
+                keep = ~done
+                active = active[keep]
+                if not len(active):
+                    break
+                Yf, U, A, IQ, D, G = (
+                    Yf[:, keep],
+                    U[:, keep],
+                    A[:, keep],
+                    IQ[:, keep],
+                    D[keep],
+                    G[:, keep],
+                )
+                pmax, pmin = pmax[keep], pmin[keep]
+                F = F[torch.from_numpy(np.flatnonzero(keep)).to(dev)]
+            hi = np.where(pmax > 0, pmax, np.inf)
+            lo = np.where(pmin < 0, pmin, -np.inf)
+        return out, epochs
 
 
 def _epoch(

@@ -55,8 +55,10 @@ def test_golden_dense_fc7_equals_torchvision_classifier_at_224(tv_name, net):
         got = dense(x, layer="fc7")
         logits = dense(x, layer="fc8")
     assert got.shape == (2, 4096)
-    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(logits, tv(x), rtol=1e-5, atol=1e-5)
+    # Same math, other summation order (7x7 conv vs flatten + matmul): float32 rounding only.
+    scale = expected.abs().max().item()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5 * scale)
+    torch.testing.assert_close(logits, tv(x), rtol=0, atol=1e-5 * tv(x).abs().max().item())
 
 
 def test_dense_view_shares_weights():

@@ -1,6 +1,13 @@
 """The one exception family for user errors: the CLI prints these as one line, no traceback."""
 
-__all__ = ["VggfeatError", "ImageError", "WeightsError", "StoreError", "SettingsMismatch"]
+__all__ = [
+    "VggfeatError",
+    "ImageError",
+    "WeightsError",
+    "StoreError",
+    "SettingsMismatch",
+    "OutputError",
+]
 
 
 class VggfeatError(Exception):
@@ -21,3 +28,7 @@ class StoreError(VggfeatError):
 
 class SettingsMismatch(VggfeatError):
     """Two sets of settings (a store and a command, or two stores) disagree."""
+
+
+class OutputError(VggfeatError):
+    """An output file could not be written (disk full, read-only, permission, I/O error)."""

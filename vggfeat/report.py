@@ -12,12 +12,13 @@ import json
 import math
 import os
 import re
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from vggfeat.files import publish_bytes
 
 __all__ = [
     "evaluate_multiclass",
@@ -30,20 +31,6 @@ __all__ = [
     "write_json",
     "write_scores_csv",
 ]
-
-
-def _atomic_write(path: Path, data: str | bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file and a rename (never half-written)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        if isinstance(data, str):
-            tmp.write_text(data, encoding="utf-8")
-        else:
-            tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _percent(value: float | None) -> str:
@@ -195,7 +182,7 @@ def fit_table(
 
 def write_json(path: str | os.PathLike, results: Mapping[str, Any]) -> None:
     """Write results as indented JSON, atomically."""
-    _atomic_write(Path(path), json.dumps(results, indent=2, sort_keys=False) + "\n")
+    publish_bytes(Path(path), json.dumps(results, indent=2, sort_keys=False) + "\n")
 
 
 def write_scores_csv(
@@ -219,7 +206,7 @@ def write_scores_csv(
         else:
             predicted = classes[int(np.argmax(row))]
         writer.writerow([id_, *(f"{s:.6g}" for s in row), predicted])
-    _atomic_write(Path(path), buf.getvalue())
+    publish_bytes(Path(path), buf.getvalue())
 
 
 # --------------------------------------------------------------------------- plots
@@ -232,7 +219,7 @@ def _safe_name(name: str) -> str:
 def _save(fig: Any, path: Path, dpi: int = 100) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
-    _atomic_write(path, buf.getvalue())
+    publish_bytes(path, buf.getvalue())
     return path
 
 

@@ -39,6 +39,7 @@ import h5py
 import numpy as np
 
 from vggfeat.errors import SettingsMismatch, StoreError
+from vggfeat.files import publish
 
 __all__ = [
     "FORMAT",
@@ -289,8 +290,7 @@ def _write_store(
     descriptors: Mapping[tuple[str, int], np.ndarray | h5py.VirtualLayout],
 ) -> None:
     """Write a complete store to ``path`` atomically (temporary file, fsync, rename)."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+    with publish(path) as tmp:
         with h5py.File(tmp, "w", libver="latest") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
@@ -312,20 +312,6 @@ def _write_store(
                 else:
                     chunks = (max(1, min(n, 256)), data.shape[1]) if n else None
                     f.create_dataset(_key(net, q), data=data, chunks=chunks)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _empty_per_image() -> dict[str, np.ndarray]:

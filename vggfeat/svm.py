@@ -35,12 +35,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import math
 import os
 import sys
 import time
-import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -55,6 +55,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from vggfeat.errors import VggfeatError
+from vggfeat.files import publish
 from vggfeat.metrics import average_precision
 from vggfeat.versions import software_versions
 
@@ -858,9 +859,17 @@ def save_svm(path: str | os.PathLike, clf: SVMClassifier, spec: dict[str, Any]) 
     classes = np.asarray(clf.classes_)
     kind = _class_kind(classes)
     names = [repr(float(c)) if kind == "float" else str(c) for c in classes.tolist()]
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
+
+    def verify(tmp: Path) -> None:
+        # Read the file back: what load_svm will see must be what was fitted.
+        back, back_spec = load_svm(tmp)
+        same = back_spec == json.loads(spec_json) and np.array_equal(back.classes_, classes)
+        for name in ("coef_", "intercept_", "C_"):
+            same = same and np.array_equal(getattr(back, name), getattr(clf, name))
+        if not same:
+            raise OSError(errno.EIO, "model file read back differs from the fitted model")
+
+    with publish(path, verify=verify, hint="free space or choose another --out") as tmp:
         # libver="latest": dense attribute storage, so a large spec is not capped at 64 KB.
         with h5py.File(tmp, "w", libver="latest") as f:
             f.attrs["format"] = FORMAT
@@ -879,11 +888,7 @@ def save_svm(path: str | os.PathLike, clf: SVMClassifier, spec: dict[str, Any]) 
             f.create_dataset("Cs", data=np.asarray(clf.Cs_, np.float64))
             f.create_dataset("cv_scores", data=np.asarray(clf.cv_scores_, np.float64))
             f.create_dataset("n_iter", data=np.asarray(clf.n_iter_, np.int64))
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+            f.flush()  # h5py can swallow errors raised while closing; flushing raises them
 
 
 def load_svm(path: str | os.PathLike) -> tuple[SVMClassifier, dict[str, Any]]:

@@ -9,6 +9,7 @@ Every load is safe: no arbitrary unpickling (``torch.load(weights_only=True)``).
 from __future__ import annotations
 
 import dataclasses
+import errno
 import hashlib
 import json
 import os
@@ -20,6 +21,7 @@ from typing import Any
 import torch
 
 from vggfeat.errors import WeightsError
+from vggfeat.files import publish, resolve_output
 from vggfeat.nets import TORCHVISION_NAMES, VGG, canonical_net
 
 __all__ = [
@@ -311,14 +313,12 @@ def save_weights(
 ) -> str:
     """Write vggfeat's own weight file (safetensors, spec in its metadata); returns its sha256.
 
-    The file is written to a temporary name and renamed, so it is never left half-written.
+    The file is published only after it reads back equal (see :func:`vggfeat.files.publish`).
     """
     from safetensors.torch import save_file
 
     net = canonical_net(net)
     check_state_dict(state_dict, net, what=f"weights for {path}")
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     metadata = {
         "format": WEIGHTS_FORMAT,
         "format_version": str(WEIGHTS_FORMAT_VERSION),
@@ -327,9 +327,17 @@ def save_weights(
         "origin": json.dumps(dict(origin or {})),
     }
     tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-    save_file(tensors, str(tmp), metadata=metadata)
-    os.replace(tmp, path)
-    return sha256_file(path)
+
+    def verify(tmp: Path) -> None:
+        from safetensors.torch import load_file
+
+        back = load_file(str(tmp))
+        if back.keys() != tensors.keys() or not all(torch.equal(back[k], tensors[k]) for k in back):
+            raise OSError(errno.EIO, "weights read back differ from what was written")
+
+    with publish(path, verify=verify, hint="free space or choose another output") as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+    return sha256_file(resolve_output(path))
 
 
 def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:

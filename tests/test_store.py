@@ -42,7 +42,7 @@ def test_round_trip_and_plain_h5py_layout(tmp_path):
                                   np.stack([rows[2].descriptors[("D", 256)],
                                             rows[0].descriptors[("D", 256)]]))  # fmt: skip
     with h5py.File(tmp_path / "s.h5", "r") as f:  # readable without vggfeat
-        assert f.attrs["format"] == "vggfeat-store" and f.attrs["format_version"] == 1
+        assert f.attrs["format"] == "vggfeat-store" and f.attrs["format_version"] == 2
         assert json.loads(f.attrs["settings"])["scales"] == [256, 384]
         assert f["ids"][0].decode() == "img0.jpg" and list(f["status"][()]) == [0, 1, 0]
         assert f["descriptors/D/384"].shape == (3, 8)
@@ -56,6 +56,7 @@ def test_resume_appends_in_input_order_and_ignores_half_written_parts(tmp_path):
     w = StoreWriter(path, SETTINGS, rows_per_part=2)
     for i in (0, 1, 2):
         w.add(_row(i))  # one part of 2 rows written, row 2 buffered and "lost in a kill"
+    w.close()  # the kill: its lock goes with it
     (parts_dir(path) / ".part-x.h5.tmp").write_bytes(b"half-written")
     (tmp_path / ".s.h5.1234abcd.tmp").write_bytes(b"half-written store")
     assert len(list(parts_dir(path).glob("part-*.h5"))) == 1

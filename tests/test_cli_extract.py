@@ -80,8 +80,8 @@ def test_user_errors_are_one_line(images, tmp_path, args, message):
     if "--weights" not in args:
         base += ["--weights", "random"]
     result = CliRunner().invoke(cli, base + args)
-    assert result.exit_code in (1, 2) and message in result.output
-    assert "Traceback" not in result.output
+    assert result.exit_code == 1 and message in result.output
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
 def test_settings_mismatch_is_refused(images, tmp_path):
@@ -154,7 +154,7 @@ def test_subprocess_extract_and_info(tmp_path):
     info = subprocess.run(["vggfeat", "info", "--json", str(out)], capture_output=True, text=True)
     assert json.loads(info.stdout)["images"] == 2
     bad = subprocess.run(["vggfeat", "info", str(folder)], capture_output=True, text=True)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
 
 
 @pytest.mark.slow

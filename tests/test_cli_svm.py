@@ -370,7 +370,7 @@ def test_option_conflicts_are_usage_errors(voc_data):
     for extra in (["--C", "1", "--Cs", "1,2"], ["--Cs", "1", "--cv", "3", "--holdout", "0.2"],
                   ["--cv", "3"], ["--Cs", "0,1"]):  # fmt: skip
         result = run(*fit_args(voc_data, *extra), ok=False)
-        assert result.exit_code == 2 and "Traceback" not in result.output
+        one_line_error(result, "svm fit --help'")
 
 
 def test_real_entry_point_gives_one_line_error(voc_data, tmp_path):

@@ -43,6 +43,7 @@ def extract_to_store(
     *,
     retry_failed: bool = True,
     content_hash: bool = False,
+    verify: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> ExtractResult:
     """Extract ``samples`` (id, path) into the store ``out``, resuming what it holds.
@@ -55,6 +56,11 @@ def extract_to_store(
     store as an uninterrupted run.
 
     Args:
+        retry_failed: Extract again the images that failed in earlier runs.
+        content_hash: Compare files by SHA-256 (one more read of each) instead of size and
+            modification time.
+        verify: Read and verify the existing store even when nothing else is to do (it is
+            verified anyway before being rewritten); damaged rows are extracted again.
         log: Called with one line for each thing the user should know before the run ends
             (damaged parts or rows, changed files).
     """
@@ -64,7 +70,7 @@ def extract_to_store(
     with StoreWriter(out, settings, software_versions(), rows_per_part=rows_per_part,
                      log=log) as writer:  # fmt: skip
         plan = writer.plan(
-            samples, fingerprint_files([p for _, p in samples], content_hash), retry_failed
+            samples, fingerprint_files([p for _, p in samples], content_hash), retry_failed, verify
         )
         for ids, what in ((plan.changed, "changed since they were extracted"),
                           (plan.retried, "failed before and are retried")):  # fmt: skip

@@ -413,7 +413,7 @@ class FeatureStore:
                 self.meta = self._read_meta(f)
                 self.sources_of_descriptors = sorted(_virtual_files(f, self.path.resolve().parent))
         except (OSError, KeyError, ValueError) as exc:
-            raise StoreError(f"Cannot read feature store {self.path}: {exc}") from None
+            raise StoreError(f"Cannot read feature store {self.path}: {_cause(exc)}") from None
         self._check_sources()
         self.ids: list[str] = list(self.meta["ids"])
         self.status: np.ndarray = self.meta["status"]
@@ -1083,13 +1083,15 @@ class StoreWriter:
         samples: Sequence[tuple[str, str]],
         fingerprints: Sequence[Fingerprint] | None = None,
         retry_failed: bool = True,
+        verify: bool = False,
     ) -> Plan:
         """Decide which of ``samples`` (id, path) to extract, and remember their sources and
         fingerprints for the rows to come.
 
         An id is extracted when it is new, when its file's fingerprint changed, when it
-        failed before (unless ``retry_failed`` is False), or when its row is damaged. Before a
-        run that will rewrite the store, the store itself is verified.
+        failed before (unless ``retry_failed`` is False), or when its row is damaged. The
+        store itself is read and verified before a run that will rewrite it, or with
+        ``verify`` (a full read: a store with nothing new to do is otherwise left unread).
 
         Raises:
             StoreError: an id the store holds from another file (another path, and another
@@ -1102,7 +1104,7 @@ class StoreWriter:
         }
         plan = self._decide(samples, retry_failed)
         has_store = bool(self._sources) and self._sources[0].path == self.path
-        if has_store and (plan.todo or len(self._sources) > 1):
+        if has_store and (verify or plan.todo or len(self._sources) > 1):
             damaged = self._verify_store()
             if damaged:
                 plan = self._decide(samples, retry_failed)

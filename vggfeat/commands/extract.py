@@ -112,6 +112,12 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
     help="Extract again the images that failed in earlier runs on this store.",
 )
 @click.option(
+    "--verify",
+    is_flag=True,
+    help="Read and check the existing store first, and extract again the images of any "
+    "damaged rows (done anyway whenever the store is rewritten).",
+)
+@click.option(
     "--content-hash",
     is_flag=True,
     help="Record each file's SHA-256 and find changed images by content, not by size and "
@@ -121,7 +127,7 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, flip, layer,
             batch_size, workers, device, precision, max_side, out, checkpoint_every,
-            retry_failed, content_hash, width, quiet) -> None:  # fmt: skip
+            retry_failed, verify, content_hash, width, quiet) -> None:  # fmt: skip
     """Extract flip-averaged fc7 descriptors of INPUTS (image files or folders) at each scale.
 
     \b
@@ -154,7 +160,7 @@ def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, fl
         click.echo(f"net {w.net}: {w.label}, {w.preprocess.name} preprocessing", err=True)
     result = extract_to_store(samples, out, loaded, config, progress=not quiet,
                               rows_per_part=checkpoint_every, retry_failed=retry_failed,
-                              content_hash=content_hash,
+                              content_hash=content_hash, verify=verify,
                               log=lambda line: click.echo(printable(line), err=True))  # fmt: skip
     s = result.summary
     click.echo(

@@ -561,7 +561,7 @@ class FeatureStore:
         problems: list[Problem] = []
         keys = list(_PER_IMAGE) + [_key(n, q) for n, q in _descriptor_keys(self.settings)]
         try:
-            with h5py.File(self.path, "r") as f:
+            with h5py.File(self.path, "r", rdcc_nbytes=0) as f:
                 for key in keys:
                     if key in f:
                         problems += _check_dataset(self.path, f[key], key)
@@ -640,7 +640,8 @@ def _write_store(
     rows = min(_chunk_rows(dim), max(n, 1))
     digests: dict[str, int] = {}
     with publish_stream(path, verify=lambda tmp: _check_written(tmp, digests)) as fh:
-        with h5py.File(fh, "w", libver="latest") as f:
+        # No chunk cache: whole chunks are written once, in order.
+        with h5py.File(fh, "w", libver="latest", rdcc_nbytes=0) as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["settings"] = json.dumps(settings, sort_keys=True)
@@ -683,7 +684,7 @@ def _write_store(
 def _check_written(path: Path, digests: Mapping[str, int]) -> None:
     """Publish-time check: every dataset reads back (fletcher32) with the crc32 computed while
     it was written; otherwise an OSError, so nothing is renamed into place."""
-    with h5py.File(path, "r") as f:
+    with h5py.File(path, "r", rdcc_nbytes=0) as f:
         for key, want in digests.items():
             if key not in f:
                 raise OSError(errno.EIO, f"/{key} is missing from the file read back")
@@ -697,23 +698,26 @@ def _check_written(path: Path, digests: Mapping[str, int]) -> None:
 
 
 class _OpenFiles:
-    """Source files opened on demand, at most ``_OPEN_FILES`` at once (least recent closed)."""
+    """Source datasets opened on demand, in at most ``_OPEN_FILES`` files at once (the least
+    recently used is closed)."""
 
     def __init__(self, paths: Sequence[Path]) -> None:
         self.paths = paths
-        self._open: dict[int, h5py.File] = {}
+        self._open: dict[int, tuple[h5py.File, dict[str, h5py.Dataset]]] = {}
 
-    def __call__(self, s: int) -> h5py.File:
-        f = self._open.pop(s, None)
-        if f is None:
+    def dataset(self, s: int, key: str) -> h5py.Dataset:
+        entry = self._open.pop(s, None)
+        if entry is None:
             if len(self._open) >= _OPEN_FILES:
-                self._open.pop(next(iter(self._open))).close()
-            f = h5py.File(self.paths[s], "r")
-        self._open[s] = f  # most recent last
-        return f
+                self._open.pop(next(iter(self._open)))[0].close()
+            entry = (h5py.File(self.paths[s], "r", rdcc_nbytes=0), {})
+        self._open[s] = entry  # most recent last
+        if key not in entry[1]:
+            entry[1][key] = entry[0][key]
+        return entry[1][key]
 
     def close(self) -> None:
-        for f in self._open.values():
+        for f, _ in self._open.values():
             f.close()
         self._open.clear()
 
@@ -739,7 +743,7 @@ def _row_reader(
         out = np.empty((b - a, dim), dtype=np.float32)
         for dst, s, start, length in _runs(src[a:b], row[a:b]):
             try:
-                files(s)[key].read_direct(
+                files.dataset(s, key).read_direct(
                     out, np.s_[start : start + length], np.s_[dst : dst + length]
                 )
             except OSError as exc:

@@ -511,3 +511,21 @@ def test_merge_writes_through_a_symlink_and_into_a_new_folder(tmp_path):
     assert link.is_symlink() and FeatureStore(target).ids == ["img0.jpg", "img1.jpg", "img2.jpg"]
     np.testing.assert_array_equal(FeatureStore(link).descriptors("D", 256)[1],
                                   _row(1).descriptors[("D", 256)])  # fmt: skip
+
+
+def test_fault_during_merge_copy_leaves_out_as_it_was_and_a_rerun_equals_a_clean_merge(
+    tmp_path, monkeypatch
+):
+    a, b = _shards(tmp_path)
+    clean = combine_stores(tmp_path / "clean.h5", [a, b])
+    out = _write(tmp_path / "all.h5", [_row(7)])  # an older merge the new one replaces
+    calls = _count_writes(monkeypatch)
+    combine_stores(tmp_path / "probe.h5", [a, b])
+    for k in (1, calls[0] // 2, calls[0]):
+        _count_writes(monkeypatch, fail_at=k)
+        with pytest.raises(OutputError, match="no space left on device while writing .*all.h5"):
+            combine_stores(out.path, [a, b])
+        monkeypatch.undo()
+        assert FeatureStore(out.path).ids == ["img7.jpg"]  # untouched
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    _assert_same(combine_stores(out.path, [a, b]), clean)

@@ -58,6 +58,7 @@ from vggfeat.errors import SettingsMismatch, StoreError
 from vggfeat.files import (
     OutputLock,
     check_free_space,
+    output_error,
     publish_stream,
     resolve_output,
 )
@@ -411,7 +412,7 @@ class FeatureStore:
                 self.versions: dict[str, Any] = json.loads(f.attrs.get("versions", "{}"))
                 self.created: str = str(f.attrs.get("created", ""))
                 self.meta = self._read_meta(f)
-                self.sources_of_descriptors = sorted(_virtual_files(f, self.path.resolve().parent))
+                self.shards = sorted(_virtual_files(f, self.path.resolve().parent))
         except (OSError, KeyError, ValueError) as exc:
             raise StoreError(f"Cannot read feature store {self.path}: {_cause(exc)}") from None
         self._check_sources()
@@ -447,7 +448,7 @@ class FeatureStore:
         return meta
 
     def _check_sources(self) -> None:
-        missing = [p for p in self.sources_of_descriptors if not p.is_file()]
+        missing = [p for p in self.shards if not p.is_file()]
         if missing:
             raise StoreError(
                 f"{self.path} is a merged store whose shard {missing[0]} is missing"
@@ -569,7 +570,7 @@ class FeatureStore:
                         problems.append(Problem(self.path, key, None, "missing"))
         except OSError as exc:
             problems.append(Problem(self.path, "", None, f"unreadable ({_cause(exc)})"))
-        for shard in self.sources_of_descriptors:
+        for shard in self.shards:
             try:
                 problems += FeatureStore(shard).verify()
             except StoreError as exc:
@@ -597,7 +598,7 @@ class FeatureStore:
             "failed": [{"id": i, "reason": r} for i, r in self.failed()],
             "changed": [{"id": i, "note": n} for i, n in self.changed()],
             "pending_parts": len(pending_parts(self.path)),
-            "shards": [str(p) for p in self.sources_of_descriptors],
+            "shards": [str(p) for p in self.shards],
             "settings": self.settings,
             "versions": self.versions,
         }
@@ -859,7 +860,7 @@ def _virtual_layout(
 def _reachable(store: FeatureStore, seen: set[Path] | None = None) -> set[Path]:
     """Every file ``store`` reads descriptors from, through merged stores of merged stores."""
     seen = set() if seen is None else seen
-    for shard in store.sources_of_descriptors:
+    for shard in store.shards:
         shard = shard.resolve()
         if shard not in seen:
             seen.add(shard)
@@ -952,6 +953,15 @@ def combine_stores(
 # --- resumable writing ----------------------------------------------------------------------
 
 
+def _remove(path: Path) -> None:
+    """Remove a temporary, a damaged part or an empty folder; one that cannot be removed is
+    harmless (a temporary is never read, a damaged part is found damaged again)."""
+    try:
+        path.rmdir() if path.is_dir() else path.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 @dataclass
 class Plan:
     """What a resumed run must do with its inputs (see :meth:`StoreWriter.plan`).
@@ -1036,13 +1046,13 @@ class StoreWriter:
         # A killed writer's half-written store or part: never renamed, so never read. (We hold
         # the lock: no other writer's temporary can be here.)
         for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):
-            tmp.unlink(missing_ok=True)
+            _remove(tmp)
         sources = []
         if self.path.exists():
             sources.append(FeatureStore(self.path))
         if self.parts.is_dir():
             for tmp in self.parts.glob(".*.tmp"):
-                tmp.unlink(missing_ok=True)
+                _remove(tmp)
             for part in sorted(self.parts.glob("part-*.h5")):
                 store = self._checked_part(part)
                 if store is not None:
@@ -1066,7 +1076,7 @@ class StoreWriter:
             store, cause, n = None, str(exc), 0
         if not cause:
             return store
-        part.unlink(missing_ok=True)
+        _remove(part)
         self.log(
             f"damaged part {part.name} removed ({cause}); its "
             f"{n or 'unknown number of'} images will be extracted again"
@@ -1227,11 +1237,13 @@ class StoreWriter:
                          exclude=self._exclude, keep_first=keep)  # fmt: skip
             # Oldest first: a kill half-way leaves only parts newer than the rows they lost.
             for part in sorted(self.parts.glob("part-*.h5")) if self.parts.is_dir() else []:
-                part.unlink()
-            try:
-                self.parts.rmdir()
-            except OSError:
-                pass
+                try:
+                    part.unlink()
+                except OSError as exc:  # left in place, it would later pass for newer rows
+                    raise output_error(
+                        exc, part, f"{self.path} is complete: remove {self.parts} by hand"
+                    ) from None
+            _remove(self.parts)
             store = FeatureStore(self.path)
         finally:
             self.close()

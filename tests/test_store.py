@@ -529,3 +529,33 @@ def test_fault_during_merge_copy_leaves_out_as_it_was_and_a_rerun_equals_a_clean
         assert FeatureStore(out.path).ids == ["img7.jpg"]  # untouched
         assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
     _assert_same(combine_stores(out.path, [a, b]), clean)
+
+
+def test_fault_at_close_then_resume_equals_a_clean_run(tmp_path, monkeypatch):
+    folder = _images(tmp_path / "imgs")
+    _, clean = _run(tmp_path / "clean.h5", folder)
+    calls = [0]
+
+    def sync(self):  # the 3rd file's fsync fails (EIO at close, as NFS reports it)
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(errno.EIO, "Input/output error")
+        os.fsync(self._fd)
+
+    monkeypatch.setattr(GuardedFile, "_sync", sync)
+    with pytest.raises(OutputError, match="^input/output error while writing .*part-"):
+        _run(tmp_path / "s.h5", folder)
+    assert len(list(parts_dir(tmp_path / "s.h5").glob("part-*.h5"))) == 2
+    monkeypatch.undo()
+    _assert_same(_run(tmp_path / "s.h5", folder)[1], clean)
+
+
+def test_a_symlinked_store_is_written_through_the_link(tmp_path):
+    (tmp_path / "data").mkdir()
+    target = tmp_path / "data" / "s.h5"
+    link = tmp_path / "s.h5"
+    link.symlink_to(target)
+    _write(link, [_row(0)])
+    _write(link, [_row(1)])  # a resume through the link
+    assert link.is_symlink() and FeatureStore(target).ids == ["img0.jpg", "img1.jpg"]
+    assert not parts_dir(link).exists() and not parts_dir(target).exists()

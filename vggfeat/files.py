@@ -371,8 +371,11 @@ class OutputLock:
             else:
                 os.close(fd)
         if not self.shared:
-            os.ftruncate(self._fd, 0)
-            os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+            try:  # the holder's pid, for the message a second process gets
+                os.ftruncate(self._fd, 0)
+                os.pwrite(self._fd, f"{os.getpid()}\n".encode(), 0)
+            except OSError:
+                pass  # a full disk: the lock holds all the same
         return self
 
     def release(self) -> None:

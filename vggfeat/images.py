@@ -203,11 +203,12 @@ def _load_over_limit(img: Image.Image, need: int, limit: int) -> tuple[Image.Ima
         if result is not None:
             drafted = max(1, round(width / result[1][2]))
     if img.size[0] * img.size[1] > 2 * limit:
-        why = (
-            f"even at 1/{drafted} size (JPEG draft) it is over"
-            if drafted > 1
-            else "only JPEGs can be decoded reduced without decoding every pixel, and it is over"
-        )
+        if k == 1:
+            why = "the scales need every pixel, and that is over"
+        elif drafted > 1:
+            why = f"even at 1/{drafted} size (JPEG draft) it is over"
+        else:
+            why = "only JPEGs are decoded reduced without decoding every pixel, and it is over"
         raise ImageError(
             f"too many pixels: {what}; {why} twice PIL's decompression-bomb limit of "
             f"{limit / 1e6:.0f} Mpx (Image.MAX_IMAGE_PIXELS)"

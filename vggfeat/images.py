@@ -192,36 +192,38 @@ def _reduce(img: Image.Image, factor: int) -> Image.Image:
 
 
 def _load_over_limit(img: Image.Image, need: int, limit: int) -> tuple[Image.Image, str]:
-    """Load an image over PIL's pixel limit, reduced as far as ``need`` allows; with a note."""
+    """Load an image over PIL's pixel limit reduced, as far as ``need`` allows; with a note.
+
+    Raises:
+        ImageError: when it cannot be reduced (the guard applies as in PIL), or when what must be
+            decoded is over twice the limit (PIL's hard limit) even so.
+    """
     width, height = img.size
     what = f"{width}x{height} ({width * height / 1e6:.0f} Mpx)"
+    guard = f"PIL's decompression-bomb limit of {limit / 1e6:.0f} Mpx (Image.MAX_IMAGE_PIXELS)"
     k = _reduction(min(width, height), need)
+    if k == 1:
+        wants = f"Q={need} needs every pixel" if need else "no Q given to reduce it for"
+        raise ImageError(f"too many pixels: {what} is over {guard}, and {wants}")
     drafted = 1
-    if k > 1 and img.format in ("JPEG", "MPO"):
+    if img.format in ("JPEG", "MPO"):
         # Ask for at least 1/k of each side, so draft's power of two stays <= k.
         result = img.draft(img.mode, (-(-width // k), -(-height // k)))
         if result is not None:
             drafted = max(1, round(width / result[1][2]))
     if img.size[0] * img.size[1] > 2 * limit:
-        if k == 1:
-            why = "the scales need every pixel, and that is over"
-        elif drafted > 1:
-            why = f"even at 1/{drafted} size (JPEG draft) it is over"
-        else:
-            why = "only JPEGs are decoded reduced without decoding every pixel, and it is over"
-        raise ImageError(
-            f"too many pixels: {what}; {why} twice PIL's decompression-bomb limit of "
-            f"{limit / 1e6:.0f} Mpx (Image.MAX_IMAGE_PIXELS)"
+        why = (
+            f"even at 1/{drafted} size (JPEG draft) it is"
+            if drafted > 1
+            else "only JPEGs are decoded reduced without decoding every pixel, and it is"
         )
+        raise ImageError(f"too many pixels: {what}; {why} over twice {guard}")
     img.load()
     rest = k // drafted
     if rest > 1:
         img = _reduce(img, rest)
     how = " + ".join(m for m, f in (("JPEG draft", drafted), ("Image.reduce", rest)) if f > 1)
-    limit_text = f"over PIL's {limit / 1e6:.0f} Mpx decompression-bomb limit"
-    if k == 1:
-        return img, f"decoded at full size although {what} is {limit_text}: Q needs every pixel"
-    return img, f"decoded at 1/{k} size ({how}): {what} is {limit_text}"
+    return img, f"decoded at 1/{k} size ({how}): {what} is over {guard}"
 
 
 def load_image(path: str | os.PathLike, scales: Sequence[int] = ()) -> Decoded:
@@ -229,9 +231,9 @@ def load_image(path: str | os.PathLike, scales: Sequence[int] = ()) -> Decoded:
 
     Images within ``Image.MAX_IMAGE_PIXELS`` (89.5 Mpx) are decoded at full size, exactly as
     always. Larger ones are decoded at 1/2, 1/4, ... size (JPEG draft mode, else a full decode
-    and ``Image.reduce``) as long as their smallest side stays >= the largest Q, and noted; more
-    than twice the limit is refused (PIL's decompression-bomb guard), unless JPEG draft mode
-    brings it under.
+    and ``Image.reduce``) while their smallest side stays >= the largest Q, and noted. PIL's
+    decompression-bomb guard still refuses them when no such reduction exists, or when what
+    must be decoded is over twice the limit (only JPEG draft mode decodes less than the whole).
 
     Args:
         path: The image file.
@@ -265,8 +267,9 @@ def _load(path: str | os.PathLike, need: int) -> Decoded:
     limit = Image.MAX_IMAGE_PIXELS
     note = ""
     with warnings.catch_warnings():
-        # The limit is applied here, per image, so an image just over it can be decoded reduced.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # The pixel limit is applied here, per image, so an image over it can be decoded reduced;
+        # other decoder warnings (bad metadata, skipped tags) would only litter a run's output.
+        warnings.simplefilter("ignore")
         with _open(path) as opened:
             width, height = opened.size
             if limit is not None and width * height > limit:

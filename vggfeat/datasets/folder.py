@@ -57,11 +57,10 @@ class ScanReport:
             found += f" ({len(self.by_content)} recognised by content: no image extension)"
         parts = []
         if self.not_images:
-            kinds = ", ".join(f"{ext} {n}" for ext, n in self.not_images.most_common(5))
-            more = ", ..." if len(self.not_images) > 5 else ""
-            parts.append(f"{_count(self.not_images.total(), 'non-image file')} ({kinds}{more})")
+            kinds = _tally(self.not_images, 5)
+            parts.append(f"{_count(self.not_images.total(), 'non-image file')} ({kinds})")
         if self.not_files:
-            kinds = ", ".join(f"{kind} {n}" for kind, n in self.not_files.most_common())
+            kinds = _tally(self.not_files, len(self.not_files))
             parts.append(f"{_count(self.not_files.total(), 'non-file')} ({kinds})")
         if self.revisited:
             parts.append(
@@ -78,6 +77,13 @@ class ScanReport:
 def _count(n: int, noun: str) -> str:
     plural = noun[:-1] + "ies" if noun.endswith("y") else noun + "s"
     return f"{n} {noun if n == 1 else plural}"
+
+
+def _tally(counts: Counter[str], top: int) -> str:
+    """'.txt 3, .csv 1': the ``top`` most common, ties by name."""
+    ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    more = ", ..." if len(ordered) > top else ""
+    return ", ".join(f"{key} {n}" for key, n in ordered[:top]) + more
 
 
 def _examples(items: Sequence[str]) -> str:

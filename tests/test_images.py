@@ -2,13 +2,12 @@
 
 import io
 import os
-import struct
 import subprocess
 import sys
 
 import numpy as np
 import pytest
-from conftest import write_bad_images
+from conftest import write_bad_images, write_tiff_with_double_offsets
 from PIL import Image, ImageOps
 
 from vggfeat.errors import ImageError, VggfeatError
@@ -127,22 +126,8 @@ def test_jpeg_round_trip_matches_pil(tmp_path):
     np.testing.assert_array_equal(decode_image(tmp_path / "a.png"), arr)
 
 
-def _tiff_with_double_strip_offsets(path):
-    """A TIFF whose StripOffsets tag (273) has type DOUBLE: PIL raises TypeError on it."""
-    buf = io.BytesIO()
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format="TIFF")
-    data = bytearray(buf.getvalue())
-    ifd = struct.unpack_from("<I", data, 4)[0]
-    for i in range(struct.unpack_from("<H", data, ifd)[0]):
-        entry = ifd + 2 + 12 * i
-        if struct.unpack_from("<H", data, entry)[0] == 273:
-            struct.pack_into("<H", data, entry + 2, 12)  # type 12: DOUBLE
-    path.write_bytes(bytes(data))
-    return path
-
-
 def test_any_decoder_exception_becomes_image_error_with_its_type(tmp_path, monkeypatch):
-    path = _tiff_with_double_strip_offsets(tmp_path / "double.tif")
+    path = write_tiff_with_double_offsets(tmp_path / "double.tif")
     with pytest.raises(ImageError, match=r"^cannot decode: TypeError: "):
         decode_image(path)
 

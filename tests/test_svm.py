@@ -465,6 +465,7 @@ def test_input_errors_are_value_errors_without_numpy_reprs():
         (lambda: SVMClassifier().fit(X, np.full(30, "cat")), "one class ('cat')"),
         (lambda: SVMClassifier().fit(X, np.full(30, 3)), "one class (3)"),
         (lambda: SVMClassifier(C=np.float64(-1)).fit(X, Y), "got -1.0."),
+        (lambda: SVMClassifier(Cs=np.array([1.0, -1.0])).fit(X, Y), "got [1.0, -1.0]."),
         (lambda: SVMClassifier().fit(X, np.linspace(0, 1, 30)), "Unknown label type: cont"),
         (lambda: SVMClassifier().fit(X, None), "requires y to be passed"),
         (lambda: SVMClassifier().fit(X.astype(complex), Y), "Complex data not supported"),
@@ -475,7 +476,7 @@ def test_input_errors_are_value_errors_without_numpy_reprs():
             call()
         text = str(err.value)
         assert isinstance(err.value, VggfeatError) and fragment in text, text
-        assert "np." not in text and "\n" not in text, text
+        assert "np." not in text and "array(" not in text and "\n" not in text, text
 
 
 # ---- Label semantics (indicator vs VOC) -----------------------------------------------------------
@@ -523,9 +524,8 @@ def test_score_on_voc_labels_is_map_and_grid_search_uses_it():
     scores = clf.decision_function(X[100:])
     want = np.mean([average_precision(scores[:, k], Y[100:, k], "area") for k in range(3)])
     assert clf.score(X[100:], Y[100:]) == pytest.approx(want)
-    search = GridSearchCV(
-        SVMClassifier(**VOC), {"C": [1e-4, 1.0]}, cv=3, error_score="raise"
-    ).fit(X, Y)
+    search = GridSearchCV(SVMClassifier(**VOC), {"C": [1e-4, 1.0]}, cv=3, error_score="raise")
+    search.fit(X, Y)
     means = search.cv_results_["mean_test_score"]
     assert np.isfinite(means).all() and means[1] > means[0]
     assert search.best_params_ == {"C": 1.0}

@@ -396,8 +396,11 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
 
 
 def _show(value: Any) -> str:
-    """repr of a label as Python writes it ('cat', 3), never numpy's (np.str_('cat'))."""
-    return repr(value.item() if isinstance(value, np.generic) else value)
+    """repr of a value as Python writes it ('cat', 3, [0.1, 1.0]), never numpy's
+    (np.str_('cat'), np.int64(3), array([0.1, 1. ]))."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        value = value.tolist()
+    return repr(value)
 
 
 def _show_value(value: float) -> str:
@@ -408,10 +411,10 @@ def _show_value(value: float) -> str:
 def _check_params(est: SVMClassifier) -> dict[str, Any]:
     """Validated copies of the estimator's parameters (raises SVMInputError)."""
     if est.loss not in LOSSES:
-        raise SVMInputError(f"Unknown loss {est.loss!r}. Valid losses: {', '.join(LOSSES)}.")
+        raise SVMInputError(f"Unknown loss {_show(est.loss)}. Valid losses: {', '.join(LOSSES)}.")
     if est.label_format not in LABEL_FORMATS:
         raise SVMInputError(
-            f"Unknown label_format {est.label_format!r}. Valid: indicator (0/1 multi-label "
+            f"Unknown label_format {_show(est.label_format)}. Valid: indicator (0/1 multi-label "
             "matrix), voc (1 / -1 / 0 difficult)."
         )
     if not _positive(est.C):
@@ -423,12 +426,12 @@ def _check_params(est: SVMClassifier) -> dict[str, Any]:
         except (TypeError, ValueError):
             raise SVMInputError(
                 f"Cs must be a sequence of positive numbers (e.g. vggfeat.svm.DEFAULT_CS); "
-                f"got {est.Cs!r}."
+                f"got {_show(est.Cs)}."
             ) from None
         if len(Cs) == 0 or not all(_positive(c) for c in Cs):
             raise SVMInputError(
                 f"Cs must be a non-empty sequence of positive finite numbers (e.g. "
-                f"vggfeat.svm.DEFAULT_CS); got {est.Cs!r}."
+                f"vggfeat.svm.DEFAULT_CS); got {_show(est.Cs)}."
             )
         Cs = np.unique(Cs)
     holdout = est.holdout

@@ -468,6 +468,7 @@ def test_input_errors_are_value_errors_without_numpy_reprs():
         (lambda: SVMClassifier(Cs=np.array([1.0, -1.0])).fit(X, Y), "got [1.0, -1.0]."),
         (lambda: SVMClassifier().fit(X, np.linspace(0, 1, 30)), "Unknown label type: cont"),
         (lambda: SVMClassifier().fit(X, None), "requires y to be passed"),
+        (lambda: SVMClassifier().fit(X, np.full(30, np.nan)), "y contains NaN or infinity"),
         (lambda: SVMClassifier().fit(X.astype(complex), Y), "Complex data not supported"),
         (lambda: SVMClassifier().fit(X, Y), "label_format='voc'"),
     ]

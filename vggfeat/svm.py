@@ -220,7 +220,9 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
                 refused.
             y: (N,) class labels of any sortable type, one-vs-rest (two classes: one
                 problem); or (N, K) multi-label targets, one problem per column, read as
-                ``label_format`` says.
+                ``label_format`` says. An (N, 1) y is a column vector of class labels, as in
+                scikit-learn (with its DataConversionWarning), unless ``label_format="voc"``,
+                where it is one VOC class.
             progress: Called as ``progress(done, total)`` as work finishes; the units are
                 blocks of the Gram matrix and (class, C, fold) problems.
 
@@ -584,6 +586,9 @@ def _encode_targets(
 def _encode_classes(y: np.ndarray) -> _Targets:
     from sklearn.utils.multiclass import type_of_target
 
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        bad = int((~np.isfinite(y)).sum())
+        raise SVMInputError(f"Input y contains NaN or infinity ({bad} of {len(y)} labels).")
     try:
         kind = type_of_target(y, input_name="y")
     except ValueError as exc:

@@ -158,7 +158,9 @@ def main(n, n_test, dim, classes, cv, loss, tol, baseline_classes, device, quick
         f"{torch.get_num_threads()} threads"
     )
 
-    ours = SVMClassifier(Cs=Cs, cv=cv, loss=loss, tol=tol, device=device, verbose=True)
+    ours = SVMClassifier(
+        Cs=Cs, cv=cv, loss=loss, tol=tol, device=device, verbose=True, label_format="voc"
+    )
     t = time.perf_counter()
     ours.fit(X, Y)
     our_s = time.perf_counter() - t

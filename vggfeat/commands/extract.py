@@ -142,7 +142,7 @@ def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, fl
     Exit status: 0 when every image in the store worked, 3 when some failed (listed by
     `vggfeat info`), 1 on a usage, input or output error (one line, no traceback).
     """
-    from vggfeat.datasets import find_images
+    from vggfeat.datasets import ScanReport, find_images
     from vggfeat.extract import ExtractConfig
     from vggfeat.nets import canonical_net
     from vggfeat.pipeline import extract_to_store
@@ -153,7 +153,9 @@ def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, fl
     config = ExtractConfig(scales=scales, flip=flip, layer=layer, precision=precision,
                            device=device, batch_size=batch_size, workers=workers,
                            max_side=max_side)  # fmt: skip
-    samples = find_images(inputs, root=root, list_file=list_file)
+    scan = ScanReport()
+    samples = find_images(inputs, root=root, list_file=list_file, report=scan)
+    click.echo(scan.summary(), err=True)
     sources = _weights_by_net(weights, net_names)
     loaded = [load_weights(sources[n], n, preprocess, seed=seed, width=width) for n in net_names]
     for w in loaded:

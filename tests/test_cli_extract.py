@@ -80,9 +80,7 @@ def test_user_errors_are_one_line(images, tmp_path, args, message):
     base = ["extract", "--width", "0.0625", "--out", str(tmp_path / "s.h5"), str(images[0])]
     if "--weights" not in args:
         base += ["--weights", "random"]
-    result = CliRunner().invoke(cli, base + args)
-    assert result.exit_code == 1 and message in result.output
-    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
+    _one_line_error(CliRunner().invoke(cli, base + args), message)
 
 
 def test_settings_mismatch_is_refused(images, tmp_path):

@@ -376,7 +376,7 @@ def test_option_conflicts_are_usage_errors(voc_data):
     for extra in (["--C", "1", "--Cs", "1,2"], ["--Cs", "1", "--cv", "3", "--holdout", "0.2"],
                   ["--cv", "3"], ["--Cs", "0,1"]):  # fmt: skip
         result = run(*fit_args(voc_data, *extra), ok=False)
-        assert result.exit_code == 2 and "Traceback" not in result.output
+        one_line_error(result, "svm fit --help'")
 
 
 def test_real_entry_point_gives_one_line_error(voc_data, tmp_path):
@@ -605,7 +605,7 @@ def test_out_folder_is_made_and_a_folder_out_refused_before_fitting(voc_data, tm
     assert load_svm(out)[0].coef_.shape[0] == 3
     (tmp_path / "dir.h5").mkdir()
     result = run(*fit_args(voc_data, "--C", "1")[:-2], "--out", tmp_path / "dir.h5", ok=False)
-    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert result.exit_code == 1 and "Traceback" not in result.output
     assert "fitting SVMs" not in result.output
 
 

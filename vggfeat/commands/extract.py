@@ -105,11 +105,29 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
 @click.option(
     "--checkpoint-every", default=256, show_default=True, help="Images per crash-safe part file."
 )
+@click.option(
+    "--retry-failed/--no-retry-failed",
+    default=True,
+    show_default=True,
+    help="Extract again the images that failed in earlier runs on this store.",
+)
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Read and check the existing store first, and extract again the images of any "
+    "damaged rows (done anyway whenever the store is rewritten).",
+)
+@click.option(
+    "--content-hash",
+    is_flag=True,
+    help="Record each file's SHA-256 and find changed images by content, not by size and "
+    "modification time (reads every file once more).",
+)
 @click.option("--width", default=1.0, hidden=True, help="Channel multiplier (tests only).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, flip, layer,
-            batch_size, workers, device, precision, max_side, out, checkpoint_every, width,
-            quiet) -> None:  # fmt: skip
+            batch_size, workers, device, precision, max_side, out, checkpoint_every,
+            retry_failed, verify, content_hash, width, quiet) -> None:  # fmt: skip
     """Extract flip-averaged fc7 descriptors of INPUTS (image files or folders) at each scale.
 
     \b
@@ -117,13 +135,18 @@ def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, fl
       vggfeat extract --net E --scales 256,384,512 --root VOC2007/JPEGImages \\
           --out voc07_E.h5 VOC2007/JPEGImages
 
+    An existing store is resumed: images it holds are kept unless their file changed or they
+    failed before (retried unless --no-retry-failed). One process at a time may write a store;
+    a second is refused.
+
     Exit status: 0 when every image in the store worked, 3 when some failed (listed by
-    `vggfeat info`), 1 on a usage or input error.
+    `vggfeat info`), 1 on a usage, input or output error (one line, no traceback).
     """
     from vggfeat.datasets import ScanReport, find_images
     from vggfeat.extract import ExtractConfig
     from vggfeat.nets import canonical_net
     from vggfeat.pipeline import extract_to_store
+    from vggfeat.store import printable
     from vggfeat.weights import load_weights
 
     net_names = list(dict.fromkeys(canonical_net(n) for n in split_csv(nets)))
@@ -138,19 +161,22 @@ def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, fl
     for w in loaded:
         click.echo(f"net {w.net}: {w.label}, {w.preprocess.name} preprocessing", err=True)
     result = extract_to_store(samples, out, loaded, config, progress=not quiet,
-                              rows_per_part=checkpoint_every)  # fmt: skip
+                              rows_per_part=checkpoint_every, retry_failed=retry_failed,
+                              content_hash=content_hash, verify=verify,
+                              log=lambda line: click.echo(printable(line), err=True))  # fmt: skip
     s = result.summary
     click.echo(
-        f"{s.done} images extracted in {s.seconds:.1f} s ({s.images_per_second:.2f} img/s), "
-        f"{len(s.failed)} failed, {len(s.changed)} cropped, {result.skipped} already in store; "
+        f"{s.done - len(s.failed)} images extracted, {len(s.failed)} failed, "
+        f"{len(s.changed)} cropped, {result.skipped} already in store "
+        f"({s.seconds:.1f} s, {s.images_per_second:.2f} img/s); "
         f"{len(result.store)} images in {out}"
     )
     for id_, reason in s.failed[:10]:
-        click.echo(f"  failed: {id_}: {reason}", err=True)
+        click.echo(f"  failed: {printable(id_)}: {printable(reason)}", err=True)
     if len(s.failed) > 10:
         click.echo(f"  ... and {len(s.failed) - 10} more (see `vggfeat info {out}`)", err=True)
     for id_, note in s.changed[:5]:
-        click.echo(f"  changed: {id_}: {note}", err=True)
+        click.echo(f"  cropped: {printable(id_)}: {printable(note)}", err=True)
     failed_in_store = len(result.store.failed())
     if failed_in_store:
         if failed_in_store > len(s.failed):

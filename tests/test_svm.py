@@ -562,3 +562,31 @@ def test_cuda_requested_without_cuda():
         pytest.skip("a CUDA device is present")
     with pytest.raises(VggfeatError, match="no CUDA GPU is visible"):
         SVMClassifier(device="cuda", **VOC).fit(*make_problem(n=30))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_a_full_disk_while_saving_a_model_is_one_error_and_keeps_the_old_file(
+    tmp_path, monkeypatch, k
+):
+    import errno
+
+    from vggfeat.files import GuardedFile, OutputError
+
+    X, Y = make_problem(n=40)
+    clf = SVMClassifier(**VOC).fit(X, Y)
+    path = tmp_path / "m.h5"
+    save_svm(path, clf, {"old": True})
+    real, calls = GuardedFile._write_at, [0]
+
+    def write_at(self, data, offset):
+        calls[0] += 1
+        if calls[0] == k:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, data, offset)
+
+    monkeypatch.setattr(GuardedFile, "_write_at", write_at)
+    with pytest.raises(OutputError, match="^no space left on device while writing .*m.h5"):
+        save_svm(path, clf, {"old": False})
+    monkeypatch.undo()
+    assert load_svm(path)[1] == {"old": True}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.h5"]

@@ -69,7 +69,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from vggfeat.errors import VggfeatError
-from vggfeat.files import publish
+from vggfeat.files import publish_stream
 from vggfeat.metrics import average_precision
 from vggfeat.versions import software_versions
 
@@ -1161,9 +1161,9 @@ def save_svm(path: str | os.PathLike, clf: SVMClassifier, spec: dict[str, Any]) 
         if not same:
             raise OSError(errno.EIO, "model file read back differs from the fitted model")
 
-    with publish(path, verify=verify, hint="free space or choose another --out") as tmp:
+    with publish_stream(path, verify=verify, hint="free space or choose another --out") as fh:
         # libver="latest": dense attribute storage, so a large spec is not capped at 64 KB.
-        with h5py.File(tmp, "w", libver="latest") as f:
+        with h5py.File(fh, "w", libver="latest") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["params"] = _json_params(clf)

@@ -65,7 +65,10 @@ class _Rows:
             if self.cached is not None:
                 yield s, e, self.cached[s:e]
             else:
-                block = torch.from_numpy(np.ascontiguousarray(self.X[s:e]))
+                part = self.X[s:e]  # a view of an in-memory array; read from a memmap
+                if not (isinstance(part, np.ndarray) and part.flags.writeable):
+                    part = np.array(part)
+                block = torch.from_numpy(np.ascontiguousarray(part))
                 yield s, e, block.to(self.device, non_blocking=True)
 
     def forward(self, W: Any, b: Any) -> Any:

@@ -639,15 +639,21 @@ def _cross_validate_primal(
 
 
 def _gram(X: np.ndarray, scale: float, device: Any, dtype: Any, ticker: _Ticker) -> Any:
-    """(N, N) kernel ``X X^T + scale^2`` on ``device``; lower-triangle blocks, then mirrored."""
+    """(N, N) kernel ``X X^T + scale^2`` on ``device``; lower-triangle blocks, then mirrored.
+
+    Products run in X's own precision and are stored in ``dtype``: float32 descriptors are
+    already rounded at 6e-8 relative, and their float32 products (twice as fast on a CPU,
+    many times on a GPU) differ from float64 ones by errors of that order (measured: 4e-7 at
+    most on 5,011 x 8,192 L2-normalised rows), far below the solver tolerance.
+    """
     import torch
 
     n = len(X)
-    Xt = torch.from_numpy(X).to(device=device, dtype=dtype)
+    Xt = torch.from_numpy(X).to(device=device)
     gram = torch.empty((n, n), device=device, dtype=dtype)
     for i0 in range(0, n, _GRAM_BLOCK):
         i1 = min(n, i0 + _GRAM_BLOCK)
-        block = Xt[i0:i1] @ Xt[:i1].T
+        block = (Xt[i0:i1] @ Xt[:i1].T).to(dtype)
         gram[i0:i1, :i1] = block
         gram[:i0, i0:i1] = block[:, :i0].T
         ticker()

@@ -18,10 +18,15 @@ the projected gradient over all coordinates is at most ``tol``. Chosen Cs are re
 training rows, warm-started from the fold solutions, and the weights ``w = sum_i a_i y_i x_i``
 are formed once at the end.
 
+When that Gram matrix would exceed ``max_gram_bytes`` (``solver="auto"``), the squared-hinge
+problems are solved instead in the primal by :mod:`vggfeat.primal`, over X in row chunks
+(memory O(N D + (N + D) P), no N x N matrix); ``solver_`` records which ran.
+
 Model files (HDF5, no pickle; format ``vggfeat-svm`` version 1):
 
-    /            attrs: format, format_version, params (JSON), spec (JSON), versions (JSON),
-                        created, target ("multiclass" | "multilabel")
+    /            attrs: format, format_version, params (JSON; with "solver_", the solver that
+                        ran), spec (JSON), versions (JSON), created, target ("multiclass" |
+                        "multilabel")
     /classes     (K,) utf-8 strings; attrs: kind (str|int|float|bool), dtype (numpy dtype)
     /coef        (K, D) float64
     /intercept   (K,) float64

@@ -142,12 +142,12 @@ def _table(headers: list[str], rows: list[list]) -> str:
     default="voc",
     show_default=True,
     help="voc: multi-label, 3-fold CV. caltech256: 257 classes x 60 train (+20 test), "
-    "multi-class, 20% holdout (sets --n, --n-test, --classes, --holdout).",
+    "multi-class, 20% holdout (sets --n, --n-test and --holdout).",
 )
 @click.option("--n", default=5011, show_default=True, help="Training images.")
 @click.option("--n-test", default=4952, show_default=True, help="Held-out test images.")
 @click.option("--dim", default=24576, show_default=True, help="Feature dimension.")
-@click.option("--classes", default=20, show_default=True, help="Classes.")
+@click.option("--classes", type=int, default=None, help="Classes [voc: 20, caltech256: 257].")
 @click.option("--cv", default=3, show_default=True, help="Cross-validation folds.")
 @click.option("--holdout", type=float, default=None, help="Choose C on this fraction instead.")
 @click.option(
@@ -192,13 +192,16 @@ def main(
     from vggfeat.metrics import average_precision
     from vggfeat.svm import DEFAULT_CS, SVMClassifier
 
+    if classes is None:
+        classes = (
+            {"voc": 6, "caltech256": 8}[preset] if quick else {"voc": 20, "caltech256": 257}[preset]
+        )
     if preset == "caltech256":
-        classes, holdout = (8, 0.2) if quick else (257, 0.2)
-        n, n_test = 60 * classes, 20 * classes
+        holdout, n, n_test = 0.2, 60 * classes, 20 * classes
     if quick:
         dim = 2048
         if preset == "voc":
-            n, n_test, classes = 600, 600, 6
+            n, n_test = 600, 600
     load0 = os.getloadavg()
     t = time.perf_counter()
     if preset == "caltech256":

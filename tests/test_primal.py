@@ -162,3 +162,18 @@ def test_solver_errors():
         SVMClassifier(solver="newton").fit(X, Y)
     with pytest.raises(VggfeatError, match="max_gram_bytes must be"):
         SVMClassifier(max_gram_bytes=0).fit(X, Y)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(monkeypatch):
+    X, Y = make_problem(n=300, dim=40)
+    args = {"scale": 1.0, "tol": 1e-8, "max_iter": 100}
+    C = np.array([0.1, 1.0, 10.0])
+    cpu, _, out_cpu = solve_primal(X, Y, C, device=CPU, **args)
+    cached, _, out_gpu = solve_primal(X, Y, C, device=torch.device("cuda"), **args)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (0, 0))  # stream chunks
+    monkeypatch.setattr(primal, "_CHUNK_BYTES", 16 * X.shape[1] * 4)
+    streamed, _, _ = solve_primal(X, Y, C, device=torch.device("cuda"), **args)
+    for gpu in (cached, streamed):
+        assert np.abs(gpu - cpu).max() <= 1e-5 * np.abs(cpu).max()
+    assert np.allclose(out_gpu, out_cpu, atol=1e-4)

@@ -87,7 +87,7 @@ def test_stopping_rule_is_liblinears_primal_rule():
     assert objective(w) == pytest.approx(objective(w_ref), rel=1e-6)
 
 
-def test_chunks_memmaps_and_float32_give_the_same_solution(tmp_path, monkeypatch):
+def test_chunks_memmaps_hdf5_and_float32_give_the_same_solution(tmp_path, monkeypatch):
     X, Y = make_problem(n=150, dim=20)
     args = {"scale": 1.0, "tol": 1e-6, "max_iter": 100, "device": CPU}
     C = np.array([0.3, 3.0, 30.0])
@@ -99,6 +99,11 @@ def test_chunks_memmaps_and_float32_give_the_same_solution(tmp_path, monkeypatch
     chunked, _, out = solve_primal(mm, Y, C, **args)
     # Chunks only change the float32 summation order.
     assert np.abs(chunked - whole).max() <= 1e-5 * np.abs(whole).max()
+    with h5py.File(tmp_path / "x.h5", "w") as f:  # straight from an HDF5 dataset
+        f["x"] = X
+    with h5py.File(tmp_path / "x.h5", "r") as f:
+        from_h5, _, _ = solve_primal(f["x"], Y, C, **args)
+    assert np.array_equal(from_h5, chunked)
     ref, _, _ = solve_primal(X.astype(np.float64), Y, C, **args)
     assert np.abs(chunked - ref).max() <= 1e-4 * np.abs(ref).max()  # float32 products
     assert out.shape == (len(X), 3)

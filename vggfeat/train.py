@@ -94,8 +94,8 @@ class TrainConfig:
         epochs: The most epochs to run.
         max_steps: Stop (resumably) after this many steps in all; None runs to the end.
         init: 'normal' N(0, 1e-2) weights and zero biases (the paper's Net-A), 'glorot',
-            'kaiming' (torchvision's), or 'auto': normal for A/A-LRN or with ``init_from``,
-            else glorot.
+            'kaiming' (He et al.), or 'auto': normal for A/A-LRN or with ``init_from``, else
+            glorot. See :func:`init_weights`.
         init_from: A trained checkpoint whose first four conv layers and three FC layers
             initialise this net (the paper's deeper nets, from Net-A).
         colour_shift: Std of the PCA colour-shift coefficients (0.1 in AlexNet; 0 turns it off).
@@ -209,8 +209,14 @@ class TrainConfig:
 
 
 def init_weights(model: VGG, method: str) -> None:
-    """Initialise every conv/FC layer: 'normal' N(0, 1e-2), 'glorot' (uniform) or 'kaiming'
-    (torchvision's fan-out normal for convs, N(0, 1e-2) for FC); biases zero."""
+    """Initialise every conv/FC layer; biases zero.
+
+    'normal': N(0, 1e-2), the paper's Net-A. 'glorot': Glorot & Bengio's uniform. 'kaiming':
+    He et al.'s N(0, 2 / fan_in) for every layer followed by a ReLU and N(0, 1 / fan_in) for
+    fc8, so the signal keeps its scale through any depth and width (N(0, 1e-2) FC layers,
+    torchvision's choice, shrink it in narrow nets).
+    """
+    fc8 = model.classifier[6]
     for m in model.modules():
         if not isinstance(m, (nn.Conv2d, nn.Linear)):
             continue
@@ -219,10 +225,8 @@ def init_weights(model: VGG, method: str) -> None:
         elif method == "glorot":
             nn.init.xavier_uniform_(m.weight)
         elif method == "kaiming":
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            else:
-                nn.init.normal_(m.weight, 0.0, 1e-2)
+            gain = "linear" if m is fc8 else "relu"
+            nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity=gain)
         else:
             raise TrainError(f"Unknown --init {method!r}. Valid: {', '.join(INITS[1:])}.")
         nn.init.zeros_(m.bias)

@@ -187,7 +187,8 @@ class _Model:
 
     def input(self, pixels: np.ndarray, device: torch.device) -> torch.Tensor:
         """(N, H, W, 3) uint8 -> normalised (N, 3, H, W) channels-last input."""
-        x = torch.from_numpy(np.require(pixels, requirements=["C", "W"])).to(device).permute(0, 3, 1, 2)
+        writable = np.require(pixels, requirements=["C", "W"])  # PIL arrays are read-only
+        x = torch.from_numpy(writable).to(device).permute(0, 3, 1, 2)
         return self.preprocess.normalize(x).contiguous(memory_format=torch.channels_last)
 
 

@@ -206,7 +206,8 @@ def _prepare(w: Weights, classes: Sequence[str], config: EvalConfig, device: tor
     missing = [c for c in classes if c not in index]
     if missing:
         raise VggfeatError(
-            f"The val set has {len(missing)} classes that {w.label} was not trained on "
+            f"The val set has {len(missing)} class{'es' if len(missing) > 1 else ''} that "
+            f"{w.label} was not trained on "
             f"({', '.join(missing[:3])}): remove them from the val set."
         )
     crop = config.crop or int(w.origin.get("crop", 224))

@@ -120,7 +120,8 @@ def align_classes(
     if unknown:
         shown = ", ".join(unknown[:3]) + (" ..." if len(unknown) > 3 else "")
         raise VggfeatError(
-            f"{what} {images.source} has {len(unknown)} classes that {against} lacks "
+            f"{what} {images.source} has {len(unknown)} class{'es' if len(unknown) > 1 else ''} "
+            f"that {against} lacks "
             f"({shown}): remove them, or use a {against.removeprefix('the ')} that has them."
         )
     targets = tuple(index[images.classes[t]] for t in images.targets)

@@ -60,15 +60,15 @@ def _assert_same_state(a, b, atol=0.0):
 
 
 def test_training_steps_reduce_the_loss(tmp_path):
+    # The training set doubles as the val set: validate() is then the training loss.
     train_set, _ = _sets(tmp_path)
-    config = TrainConfig(net="A", init="kaiming", lr=0.05, epochs=3, dropout=0.0, **TINY)
+    config = TrainConfig(net="A", init="kaiming", lr=0.01, epochs=3, dropout=0.0, **TINY)
     trainer = Trainer(config, train_set, train_set, tmp_path / "run", progress=False,
                       echo=lambda line: None)  # fmt: skip
     before = trainer.validate()["val_loss"]
     result = trainer.fit()
     after = trainer.validate()["val_loss"]
-    assert before == pytest.approx(np.log(3), abs=0.02)  # untrained: uniform posteriors
-    assert after < before - 0.1
+    assert after < 0.7 * before
     assert result.finished and result.record["global_step"] == 3 * (24 // 4)
 
 
@@ -90,6 +90,12 @@ def test_lr_drops_on_a_validation_plateau_and_the_run_stops(tmp_path):
     assert [e["action"] for e in epochs] == ["keep", "drop", "stop"]
     assert [e["lr"] for e in epochs] == pytest.approx([1e-7, 1e-7, 1e-8])
     assert result.record["stopped"] and result.record["lr_drops"] == 1
+
+
+def test_a_diverging_run_stops_with_a_one_line_error(tmp_path):
+    train_set, val_set = _sets(tmp_path)
+    with pytest.raises(VggfeatError, match="diverged; lower --lr"):
+        _run(tmp_path, "run", train_set, val_set, lr=1e6, epochs=2)
 
 
 def test_gradient_accumulation_equals_the_whole_batch(tmp_path):
@@ -133,7 +139,7 @@ def test_resume_after_a_real_kill_equals_an_uninterrupted_run(tmp_path):
     train_dir, val_dir = tiny_sets(tmp_path, train=12)
     run = tmp_path / "killed"
     args = [sys.executable, "-m", "vggfeat", "train", "--train", str(train_dir), "--val",
-            str(val_dir), "--net", "A", "--init", "kaiming", "--epochs", "6",
+            str(val_dir), "--net", "A", "--init", "kaiming", "--epochs", "3",
             "--checkpoint-every", "1", "--out", str(run), *CLI_TINY]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 300
@@ -147,7 +153,7 @@ def test_resume_after_a_real_kill_equals_an_uninterrupted_run(tmp_path):
     result = CliRunner().invoke(cli, args[3:] + ["--resume"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     full = _run(tmp_path, "full", read_labelled_images(train_dir), read_labelled_images(val_dir),
-                epochs=6)  # fmt: skip
+                epochs=3)  # fmt: skip
     _assert_same_state(_state(full.final), _state(run / "final.pth"), atol=1e-6)
 
 
@@ -171,7 +177,7 @@ def test_resume_refuses_other_settings_and_fresh_runs_refuse_an_existing_one(tmp
 def test_two_gloo_processes_equal_one_process(tmp_path):
     train_dir, val_dir = tiny_sets(tmp_path)
     common = ["--train", str(train_dir), "--val", str(val_dir), "--net", "A", "--init",
-              "kaiming", "--epochs", "2", "--dropout", "0", *CLI_TINY]  # fmt: skip
+              "kaiming", "--epochs", "1", "--dropout", "0", *CLI_TINY]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
                           "--nproc-per-node", "2", "-m", "vggfeat", "train", *common, "--out",
@@ -183,7 +189,7 @@ def test_two_gloo_processes_equal_one_process(tmp_path):
     _assert_same_state(_state(tmp_path / "one" / "final.pth"),
                        _state(tmp_path / "ddp" / "final.pth"), atol=1e-6)  # fmt: skip
     record = json.loads((tmp_path / "ddp" / "log.json").read_text())
-    assert record["world_size"] == 2 and record["global_step"] == 2 * 6
+    assert record["world_size"] == 2 and record["global_step"] == 6
 
 
 # ----------------------------------------------------------------------------- init

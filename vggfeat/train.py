@@ -497,6 +497,13 @@ def _init_distributed(device_name: str) -> tuple[_Dist, torch.device]:
 # ----------------------------------------------------------------------------- checkpoints
 
 
+def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bitwise equality (NaN equals NaN): what a read-back check needs."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    return torch.equal(a.contiguous().view(torch.uint8), b.contiguous().view(torch.uint8))
+
+
 def _atomic_torch_save(path: Path, obj: Mapping[str, Any]) -> None:
     """torch.save through files.publish; verified by reading the model tensors back."""
 
@@ -505,7 +512,7 @@ def _atomic_torch_save(path: Path, obj: Mapping[str, Any]) -> None:
         want = obj["state_dict"]
         if back.get("format") != CHECKPOINT_FORMAT or back["state_dict"].keys() != want.keys():
             raise OSError(errno.EIO, "checkpoint read back differs from what was written")
-        if not all(torch.equal(back["state_dict"][k], want[k]) for k in want):
+        if not all(_same_bits(back["state_dict"][k], want[k]) for k in want):
             raise OSError(errno.EIO, "checkpoint tensors read back differ from what was written")
 
     with publish(path, verify=verify, hint="free space or choose another --out") as tmp:
@@ -836,6 +843,12 @@ class Trainer:
                 if good:
                     loss_sum += float(losses.detach().sum())
                     correct += float((logits.detach().argmax(1) == y).sum())
+        if not math.isfinite(loss_sum) and not self.scaler.is_enabled():  # fp16: scaler skips
+            raise TrainError(
+                f"The training loss became {loss_sum} at step {self.state.global_step + 1} "
+                f"(epoch {self.state.epoch + 1}): the run diverged; lower --lr and start again "
+                "(or --resume from an earlier checkpoint)."
+            )
         if valid_all > 0:
             self.scaler.step(self.optimizer)
             self.scaler.update()

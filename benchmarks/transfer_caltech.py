@@ -64,6 +64,11 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("transfer_work"))
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument(
+        "--only",
+        choices=["demo_dense", "random_dense", "demo_crop"],
+        help="Only run this extraction (to run them in parallel), then stop.",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -81,15 +86,24 @@ def main() -> None:
     single = ExtractConfig(scales=(224,), flip=False, workers=args.workers, device="cpu")
     stores, seconds = {}, {}
     jobs = [
-        ("demo_dense", samples, demo, dense),
-        ("random_dense", samples, random, dense),
-        ("demo_crop", centre_crops(args.caltech, needed, args.work / "crops"), demo, single),
+        ("demo_dense", lambda: samples, demo, dense),
+        ("random_dense", lambda: samples, random, dense),
+        (
+            "demo_crop",
+            lambda: centre_crops(args.caltech, needed, args.work / "crops"),
+            demo,
+            single,
+        ),
     ]
     for name, items, weights, config in jobs:
+        if args.only and name != args.only:
+            continue
         start = time.perf_counter()
-        result = extract_to_store(items, args.work / f"{name}.h5", [weights], config)
+        result = extract_to_store(items(), args.work / f"{name}.h5", [weights], config)
         stores[name], seconds[name] = result.store, time.perf_counter() - start
         print(f"{name}: {len(result.store)} images, {seconds[name]:.0f} s", flush=True)
+    if args.only:
+        return
 
     variants = {
         "(a) single 224 centre crop, fc7": ("demo_crop", FeatureSpec(("D",), (224,))),

@@ -587,7 +587,7 @@ class Trainer:
         self.config, self.out_dir = config, Path(out_dir)
         self.train_set = train_set
         self.val_set = align_classes(val_set, train_set.classes, "val set", "the training set")
-        self.progress, self.echo = progress, echo
+        self.progress, self._echo = progress, echo
         self.dist, self.device = _init_distributed(config.device)
         self._check_batch()
         self.preprocess = PREPROCESS[config.preprocess]
@@ -628,6 +628,11 @@ class Trainer:
         self.train_data = _TrainDataset(train_set, config, self.pca)
 
     # -- setup
+
+    def echo(self, line: str) -> None:
+        """Print from the main process only (torchrun runs several)."""
+        if self.dist.main:
+            self._echo(line)
 
     def _check_batch(self) -> None:
         c, world = self.config, self.dist.world

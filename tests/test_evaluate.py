@@ -126,6 +126,16 @@ def test_fusion_averages_the_posteriors_of_different_models(tmp_path, classifier
     np.testing.assert_allclose(result.posteriors[("fusion", "dense")], (a + b) / 2, rtol=1e-6)
 
 
+def test_scales_below_224_only_for_crops(tmp_path, classifier):
+    with pytest.raises(VggfeatError, match=">= 224"):
+        EvalConfig(scales=(128,), modes=("dense",))
+    images = _val(tmp_path, per_class=1, size=(60, 80))
+    config = EvalConfig(scales=(40,), modes=("multi-crop",), crop=32, grid=1, flip=False,
+                        workers=0, device="cpu")  # fmt: skip
+    result = evaluate_models([classifier], images, config, progress=False)
+    assert result.posteriors[(classifier.label, "multi-crop")].shape == (3, 3)
+
+
 def test_top_k_errors_with_fewer_than_five_classes():
     p = np.array([[0.5, 0.3, 0.2], [0.1, 0.2, 0.7], [0.2, 0.5, 0.3]])
     assert top_k_errors(p, np.array([0, 0, 2])) == (pytest.approx(2 / 3), 0.0)

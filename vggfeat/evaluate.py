@@ -49,7 +49,8 @@ class EvalConfig:
     """How posteriors are computed.
 
     Attributes:
-        scales: Test scales Q (smallest side), each >= 224 for dense evaluation.
+        scales: Test scales Q (smallest side): each >= 224 for dense evaluation, at least the
+            crop for multi-crop alone.
         modes: Any of 'dense', 'multi-crop', 'dense+multi-crop'.
         crop: Multi-crop side; None: the net's training crop (224 for the paper's nets).
         grid: Crops per side of the regular grid (5: 25 crops, 50 with flips, per Q).
@@ -69,12 +70,18 @@ class EvalConfig:
     workers: int = 2
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "scales", check_scales(self.scales))
         modes = tuple(dict.fromkeys(self.modes))
         unknown = [m for m in modes if m not in MODES]
         if unknown or not modes:
             raise VggfeatError(f"Unknown mode {unknown[:1] or modes!r}. Valid: {', '.join(MODES)}.")
         object.__setattr__(self, "modes", modes)
+        if self.needs_dense:  # fc6 needs a 7x7 pool5 map
+            object.__setattr__(self, "scales", check_scales(self.scales))
+        else:  # crops only need Q >= the crop (small nets are trained on small crops)
+            scales = tuple(int(q) for q in self.scales)
+            if not scales or min(scales) < 1 or len(set(scales)) != len(scales):
+                raise VggfeatError(f"Scales {self.scales} must be distinct positive sizes.")
+            object.__setattr__(self, "scales", scales)
         if self.grid < 1 or (self.crop is not None and self.crop < 1):
             raise VggfeatError("--grid and --crop must be at least 1.")
         if self.crop is not None and self.crop > min(self.scales):

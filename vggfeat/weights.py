@@ -315,7 +315,16 @@ def demo_weights_file() -> Path:
 
 
 def _source_path(source: str | os.PathLike) -> Path:
-    return demo_weights_file() if str(source) == DEMO_WEIGHTS else Path(source).expanduser()
+    """'demo' or a path -> an existing weights file (else a one-line error)."""
+    if str(source) == DEMO_WEIGHTS:
+        return demo_weights_file()
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise WeightsError(
+            f"Weights file {path} does not exist. Use --weights imagenet, demo, random, or a "
+            "path to .pth/.pt/.safetensors weights."
+        )
+    return path
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -425,11 +434,7 @@ def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
 def _load_file(
     path: Path, net: str, preprocess: str | Preprocess | None
 ) -> tuple[dict[str, torch.Tensor], Preprocess, dict[str, Any], tuple[str, ...] | None]:
-    if not path.is_file():
-        raise WeightsError(
-            f"Weights file {path} does not exist. Use --weights imagenet, demo, random, or a "
-            "path to .pth/.pt/.safetensors weights."
-        )
+    path = _source_path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -36,6 +36,7 @@ from vggfeat.images import decode_image, rescale
 from vggfeat.labels import caltech_split, read_class_folders
 from vggfeat.metrics import mean_class_recall
 from vggfeat.pipeline import extract_to_store
+from vggfeat.store import combine_stores
 from vggfeat.svm import DEFAULT_CS, SVMClassifier
 from vggfeat.weights import load_weights, read_checkpoint
 
@@ -58,6 +59,19 @@ def centre_crops(root: Path, ids: list[str], out: Path) -> list[tuple[str, str]]
     return samples
 
 
+def combine_shards(path: Path) -> None:
+    """Copy the shard stores of ``path`` (and ``path`` itself, if any) into ``path``."""
+    shards = sorted(path.parent.glob(f"{path.stem}-*of*.h5"))
+    if not shards:
+        return
+    sources = ([path] if path.exists() else []) + shards
+    combined = path.with_suffix(".combined.h5")
+    combine_stores(combined, sources)
+    combined.replace(path)
+    for shard in shards:
+        shard.unlink()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("caltech", type=Path, help="101_ObjectCategories folder")
@@ -68,6 +82,13 @@ def main() -> None:
         "--only",
         choices=["demo_dense", "random_dense", "demo_crop"],
         help="Only run this extraction (to run them in parallel), then stop.",
+    )
+    parser.add_argument(
+        "--shard",
+        default=None,
+        metavar="I/N",
+        help="With --only: extract every N-th image from the I-th (0-based) into its own "
+        "store; a full run combines the shards first.",
     )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -99,7 +120,14 @@ def main() -> None:
         if args.only and name != args.only:
             continue
         start = time.perf_counter()
-        result = extract_to_store(items(), args.work / f"{name}.h5", [weights], config)
+        path = args.work / f"{name}.h5"
+        todo = items()
+        if args.shard:
+            i, n = (int(v) for v in args.shard.split("/"))
+            path, todo = args.work / f"{name}-{i}of{n}.h5", todo[i::n]
+        else:
+            combine_shards(path)
+        result = extract_to_store(todo, path, [weights], config)
         stores[name], seconds[name] = result.store, time.perf_counter() - start
         print(f"{name}: {len(result.store)} images, {seconds[name]:.0f} s", flush=True)
     if args.only:

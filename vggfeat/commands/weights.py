@@ -234,7 +234,7 @@ def format_training(t: dict[str, Any]) -> list[str]:
     if final:
         lines.append(
             f"final val   top-1 error {100 * final['val_top1_error']:.2f}%, top-5 error "
-            f"{100 * final['val_top5_error']:.2f}% ({final['weights']})"
+            f"{100 * final['val_top5_error']:.2f}%; weights {final['weights']}"
         )
     if t.get("bad_images"):
         lines.append(f"bad images  {len(t['bad_images'])} skipped (e.g. "

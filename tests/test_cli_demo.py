@@ -33,6 +33,18 @@ def test_demo_weights_are_a_trained_net_d_with_its_record():
     assert w.width == meta["width"] and w.classes == tuple(source) and w.label.startswith("demo")
 
 
+def test_extract_takes_the_demo_weights_without_a_net(tmp_path):
+    first = sorted((DEMO_IMAGES / demo_classes()[0]).glob("*.jpg"))[:2]
+    out = tmp_path / "f.h5"
+    result = CliRunner().invoke(cli, ["extract", *map(str, first), "--weights", "demo",
+                                      "--scales", "224", "--workers", "0", "--out", str(out),
+                                      "-q"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    store = FeatureStore(out)
+    assert store.settings["weights"]["D"]["source"] == "demo"
+    assert store.descriptors("D", 224).shape == (2, 512)
+
+
 def test_bundled_images_are_package_data_with_their_attribution():
     config = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
     patterns = config["tool"]["setuptools"]["package-data"]["vggfeat"]

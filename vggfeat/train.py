@@ -49,6 +49,7 @@ __all__ = [
     "INITS",
     "PlateauSchedule",
     "TrainConfig",
+    "TrainError",
     "TrainResult",
     "Trainer",
     "colour_pca",

@@ -91,6 +91,11 @@ def main() -> None:
         help="With --only: extract the I-th (0-based) of N disjoint parts of the images into "
         "its own store; a full run combines the shards first.",
     )
+    parser.add_argument(
+        "--variants",
+        default="abcde",
+        help="Only these rows, e.g. 'ed' (two processes can share the five rows).",
+    )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
 
@@ -150,7 +155,11 @@ def main() -> None:
     index = {c: k for k, c in enumerate(labels.classes)}
     by_id = dict(zip(labels.ids, labels.y))
     rows = []
-    for name, (store, spec) in variants.items():
+    chosen = sorted(
+        (n for n in variants if n[1] in args.variants), key=lambda n: args.variants.index(n[1])
+    )
+    for name in chosen:
+        store, spec = variants[name]
         recalls = []
         for s, (train, test) in draws.items():
             x_train = design_matrix([stores[store]], train, spec, role="training")

@@ -168,6 +168,42 @@ def _valid_mask(sizes: torch.Tensor, shape: tuple[int, int], like: torch.Tensor)
     return (rows[:, None, :, None] & cols[:, None, None, :]).to(like.dtype)
 
 
+class _Padding:
+    """The valid (h, w) of each sample of a padded batch, as the maps shrink through the net.
+
+    Padding is zeroed by slices on the CPU (touching only the padded area) and by one mask
+    multiply per layer on a GPU (one kernel instead of two per sample, no host sync).
+
+    Args:
+        sizes: (N, 2) valid sizes of the input; read on the host once.
+        device: Where the maps live.
+        multiply: Zero by mask multiply instead of slices.
+    """
+
+    def __init__(self, sizes: torch.Tensor, device: torch.device, multiply: bool) -> None:
+        self.hw = [(int(h), int(w)) for h, w in sizes.tolist()]
+        self.multiply = multiply
+        self._on_device = torch.tensor(self.hw, device=device) if multiply else None
+
+    def zero_(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero, in place, everything outside each sample's valid region of ``x``."""
+        if self.multiply:
+            return x.mul_(_valid_mask(self._on_device, x.shape[-2:], x))
+        return _zero_padding_(x, self.hw)
+
+    def shrink(self, divide: int = 1, subtract: int = 0) -> None:
+        """Follow a pooling (``divide``) or a valid convolution (``subtract``)."""
+        self.hw = [(h // divide - subtract, w // divide - subtract) for h, w in self.hw]
+        if self._on_device is not None:
+            self._on_device = self._on_device // divide - subtract
+
+    def tensor(self, device: torch.device) -> torch.Tensor:
+        """(N, 2) valid sizes on ``device``."""
+        if self._on_device is not None:
+            return self._on_device
+        return torch.tensor(self.hw, device=device)
+
+
 class DenseVGG(nn.Module):
     """Fully-convolutional view of a VGG: fc6 as a 7x7 conv, fc7 and fc8 as 1x1 convs.
 
@@ -183,6 +219,8 @@ class DenseVGG(nn.Module):
     def __init__(self, vgg: VGG) -> None:
         super().__init__()
         self.vgg = vgg
+        # How padding is zeroed: None picks slices on the CPU and a mask multiply elsewhere.
+        self.mask_multiply: bool | None = None
 
     def fc_conv(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight, bias) of classifier[index] as a conv: fc6 is 7x7, fc7 and fc8 are 1x1."""
@@ -194,6 +232,39 @@ class DenseVGG(nn.Module):
             kernel = linear.weight.view(out_features, in_features, 1, 1)
         return kernel, linear.bias
 
+    def _maps(
+        self, x: torch.Tensor, layer: str, sizes: torch.Tensor | None
+    ) -> tuple[torch.Tensor, _Padding | None]:
+        if layer not in LAYERS and layer != "fc8":
+            raise VggfeatError(f"Unknown layer {layer!r}. Valid layers: {', '.join(LAYERS)}.")
+        multiply = x.device.type != "cpu" if self.mask_multiply is None else self.mask_multiply
+        pad = None if sizes is None else _Padding(sizes, x.device, multiply)
+        for module in self.vgg.features:
+            if pad is not None and isinstance(module, nn.Conv2d):
+                x = pad.zero_(x)
+            x = module(x)
+            if pad is not None and isinstance(module, nn.MaxPool2d):
+                pad.shrink(divide=2)
+        if x.shape[-2] < 7 or x.shape[-1] < 7:
+            raise VggfeatError(
+                f"pool5 map is {tuple(x.shape[-2:])}, smaller than fc6's 7x7: the image's "
+                "smallest side must be at least 224 pixels."
+            )
+        if layer == "pool5":
+            return x, pad
+        for index, name in ((0, "fc6"), (3, "fc7"), (6, "fc8")):
+            if pad is not None and index == 0:
+                x = pad.zero_(x)
+                pad.shrink(subtract=6)
+            weight, bias = self.fc_conv(index)
+            x = F.conv2d(x, weight, bias)
+            if name == layer == "fc8":
+                return x, pad
+            x = F.relu(x, inplace=True)
+            if name == layer:
+                return x, pad
+        raise AssertionError("unreachable")
+
     def forward_maps(
         self, x: torch.Tensor, layer: str = "fc7", sizes: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -202,46 +273,23 @@ class DenseVGG(nn.Module):
         Returns:
             The (N, C, h, w) map and the (N, 2) valid sizes of that map (None if ``sizes`` is).
         """
-        if layer not in LAYERS and layer != "fc8":
-            raise VggfeatError(f"Unknown layer {layer!r}. Valid layers: {', '.join(LAYERS)}.")
-        valid = None if sizes is None else [(int(h), int(w)) for h, w in sizes.tolist()]
-        for module in self.vgg.features:
-            if valid is not None and isinstance(module, nn.Conv2d):
-                x = _zero_padding_(x, valid)
-            x = module(x)
-            if valid is not None and isinstance(module, nn.MaxPool2d):
-                valid = [(h // 2, w // 2) for h, w in valid]
-        if valid is not None:
-            sizes = torch.tensor(valid, device=x.device)
-        if x.shape[-2] < 7 or x.shape[-1] < 7:
-            raise VggfeatError(
-                f"pool5 map is {tuple(x.shape[-2:])}, smaller than fc6's 7x7: the image's "
-                "smallest side must be at least 224 pixels."
-            )
-        if layer == "pool5":
-            return x, sizes
-        for index, name in ((0, "fc6"), (3, "fc7"), (6, "fc8")):
-            if valid is not None and index == 0:
-                x = _zero_padding_(x, valid)
-                sizes = sizes - 6
-            weight, bias = self.fc_conv(index)
-            x = F.conv2d(x, weight, bias)
-            if name == layer == "fc8":
-                return x, sizes
-            x = F.relu(x, inplace=True)
-            if name == layer:
-                return x, sizes
-        raise AssertionError("unreachable")
+        maps, pad = self._maps(x, layer, sizes)
+        return maps, None if pad is None else pad.tensor(maps.device)
 
     def forward(
         self, x: torch.Tensor, layer: str = "fc7", sizes: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Global-average-pooled ``layer`` descriptors (N, C) of (N, 3, H, W) input."""
-        maps, valid = self.forward_maps(x, layer, sizes)
-        if valid is None:
+        """Global-average-pooled ``layer`` descriptors (N, C) of (N, 3, H, W) input.
+
+        The pool sums in float32 whatever the maps' dtype, so bf16/fp16 maps lose no more
+        precision in the average.
+        """
+        maps, pad = self._maps(x, layer, sizes)
+        maps = maps.float()
+        if pad is None:
             return maps.mean(dim=(-2, -1))
-        if bool((valid < 1).any()):
+        if min(min(hw) for hw in pad.hw) < 1:
             raise VggfeatError("An image in the batch is smaller than fc6's 7x7 pool5 window.")
-        mask = _valid_mask(valid, maps.shape[-2:], maps)
-        total = (maps * mask).sum(dim=(-2, -1))
+        valid = pad.tensor(maps.device)
+        total = (maps * _valid_mask(valid, maps.shape[-2:], maps)).sum(dim=(-2, -1))
         return total / (valid[:, 0] * valid[:, 1]).to(maps.dtype)[:, None]

@@ -71,7 +71,9 @@ def read_encoded(index: int, id_: str, path: str) -> Encoded:
             return Encoded(index, id_, path, pixels=decode_image(path))
         with Image.open(io.BytesIO(data)) as img:
             orientation = int(img.getexif().get(_EXIF_ORIENTATION, 1))
-        return Encoded(index, id_, path, data=np.frombuffer(data, np.uint8), orientation=orientation)
+        return Encoded(
+            index, id_, path, data=np.frombuffer(data, np.uint8), orientation=orientation
+        )
     except Exception as exc:  # one bad file is its failed row; the run goes on
         return Encoded(index, id_, path, reason=_reason(exc))
 

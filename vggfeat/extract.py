@@ -436,7 +436,7 @@ class Extractor:
             # One device-to-host copy per window, so the GPU is never stalled batch by batch.
             host = torch.cat([vectors for *_, vectors in pending]).cpu().numpy()
             start = 0
-            for net, q, members, vectors in pending:
+            for net, q, members, _ in pending:
                 out[(net, q)][members] = host[start : start + len(members)]
                 start += len(members)
         return out, failed

@@ -6,6 +6,7 @@ Not a benchmark itself; ``bench_extract.py``, ``bench_gpu.py`` and ``bench_memor
 from __future__ import annotations
 
 import json
+import os
 import platform
 import random
 import resource
@@ -280,17 +281,24 @@ def interleaved(
     """Time each candidate on each part of the work, alternating their order (ABBA...), so that
     a noisy machine's load falls on all of them alike. ``runs[name](part)`` does part ``part``.
 
+    Besides wall-clock seconds, the CPU seconds of this process and its finished children
+    (decode workers) are recorded: on a machine shared with other work they measure the work
+    done, where wall-clock time also measures the others' load.
+
     Returns:
-        name -> {"seconds": total, "parts": [...]}.
+        name -> {"seconds": total wall, "cpu_seconds": total CPU, "parts": [wall per part]}.
     """
     names = list(runs)
     times: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, float] = {n: 0.0 for n in names}
     for part in range(parts):
         for name in names if part % 2 == 0 else names[::-1]:
-            start = time.perf_counter()
+            start, t0 = time.perf_counter(), os.times()
             runs[name](part)
+            t1 = os.times()
             times[name].append(time.perf_counter() - start)
-    return {n: {"seconds": sum(t), "parts": t} for n, t in times.items()}
+            cpu[name] += sum(t1[:4]) - sum(t0[:4])
+    return {n: {"seconds": sum(t), "cpu_seconds": cpu[n], "parts": t} for n, t in times.items()}
 
 
 def split(items: Sequence[Any], parts: int) -> list[list[Any]]:

@@ -60,8 +60,14 @@ def bench_set(name, paths, weights, args, tmp: Path) -> dict:
     scales = tuple(int(s) for s in args.scales.split(","))
     precisions = args.precision.split(",")
     configs = {
-        p: ExtractConfig(scales=scales, flip=True, device=args.device, precision=p,
-                         batch_size=args.batch_size, workers=args.workers)  # fmt: skip
+        p: ExtractConfig(
+            scales=scales,
+            flip=True,
+            device=args.device,
+            precision=p,
+            batch_size=args.batch_size,
+            workers=args.workers,
+        )  # fmt: skip
         for p in precisions
     }
     extractors = {p: Extractor([weights], c) for p, c in configs.items()}
@@ -127,8 +133,8 @@ def bench_set(name, paths, weights, args, tmp: Path) -> dict:
     engine = C.interleaved(engine_runs, args.parts)
     decode_s = decode_alone([s for part in samples for s in part], configs[precisions[0]])
 
-    rows = {**{k: v["seconds"] for k, v in e2e.items()}, **{k: v["seconds"] for k, v in engine.items()}}
-    naive_e2e, naive_engine = e2e["naive loop"]["seconds"], engine["naive forward"]["seconds"]
+    rows = {**e2e, **engine}
+    naive_e2e, naive_engine = e2e["naive loop"], engine["naive forward"]
     result = {
         "set": name,
         "images": n,
@@ -139,20 +145,24 @@ def bench_set(name, paths, weights, args, tmp: Path) -> dict:
     }
     print(f"\n{name}: {n} images, {flops / n / 1e9:.1f} GFLOP/image (Q {list(scales)}, flips), "
           f"decode alone {n / decode_s:.1f} img/s ({args.workers} workers)")  # fmt: skip
-    print(f"{'run':<44}{'seconds':>9}{'img/s':>9}{'TFLOP/s':>9}{'vs naive':>10}")
-    for key, seconds in rows.items():
+    print(f"{'run':<40}{'seconds':>9}{'img/s':>8}{'TFLOP/s':>9}{'vs naive':>9}"
+          f"{'CPU s':>9}{'vs naive':>9}")  # fmt: skip
+    for key, t in rows.items():
         base = naive_e2e if key in e2e else naive_engine
+        seconds = t["seconds"]
         tflops = flops / seconds / 1e12
         if key.startswith("fixed"):
             tflops = float("nan")  # other pixel counts; the img/s compare
         result["runs"][key] = {
-            "seconds": seconds,
+            **t,
             "images_per_s": n / seconds,
             "tflop_per_s": tflops,
-            "speedup_vs_naive": base / seconds,
-            "parts": (e2e.get(key) or engine.get(key))["parts"],
+            "speedup_vs_naive": base["seconds"] / seconds,
+            "cpu_speedup_vs_naive": base["cpu_seconds"] / t["cpu_seconds"],
         }
-        print(f"{key:<44}{seconds:>9.2f}{n / seconds:>9.3f}{tflops:>9.4f}{base / seconds:>9.2f}x")
+        print(f"{key:<40}{seconds:>9.2f}{n / seconds:>8.3f}{tflops:>9.4f}"
+              f"{base['seconds'] / seconds:>8.2f}x{t['cpu_seconds']:>9.1f}"
+              f"{base['cpu_seconds'] / t['cpu_seconds']:>8.2f}x")  # fmt: skip
     for p, d in diffs.items():
         print(f"max relative descriptor difference, vggfeat {p} vs naive fp32: {d:.2e}")
     return result
@@ -172,7 +182,7 @@ def main() -> None:
     parser.add_argument(
         "--precision", default="auto", help="comma-separated: auto (the default), fp32, bf16"
     )
-    parser.add_argument("--parts", type=int, default=2, help="interleaved parts (ABBA)")
+    parser.add_argument("--parts", type=int, default=4, help="interleaved parts (ABBA...)")
     parser.add_argument("--json", default=None, help="write the results as JSON")
     args = parser.parse_args()
     device = torch.device(args.device)

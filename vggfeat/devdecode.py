@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -102,19 +103,33 @@ def orient(image: torch.Tensor, orientation: int) -> torch.Tensor:
     return image
 
 
-def _decode_one(item: Encoded, device: torch.device) -> torch.Tensor:
-    from torchvision.io import ImageReadMode, decode_jpeg
+def _decode_jpeg() -> tuple[Any, Any]:
+    """torchvision's decode_jpeg, imported without its TorchCodec deprecation notice."""
+    import warnings
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+    return ImageReadMode, decode_jpeg
+
+
+def _upload(pixels: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(H, W, 3) uint8 from PIL (read-only) -> (3, H, W) on ``device``."""
+    return torch.from_numpy(np.require(pixels, requirements="W")).permute(2, 0, 1).to(device)
+
+
+def _decode_one(item: Encoded, device: torch.device) -> torch.Tensor:
+    ImageReadMode, decode_jpeg = _decode_jpeg()
     try:
         return decode_jpeg(torch.from_numpy(item.data.copy()), ImageReadMode.RGB, device=device)
     except RuntimeError:  # e.g. CMYK or progressive files some decoders refuse: PIL reads them
         item.orientation = 1  # decode_image applies the orientation itself
-        return torch.from_numpy(decode_image(item.path)).permute(2, 0, 1).to(device)
+        return _upload(decode_image(item.path), device)
 
 
 def decode_on_device(items: Sequence[Encoded], device: torch.device) -> list[torch.Tensor | str]:
     """(3, H, W) uint8 RGB pixels on ``device`` for each item, oriented, or why it failed."""
-    from torchvision.io import ImageReadMode, decode_jpeg
+    ImageReadMode, decode_jpeg = _decode_jpeg()
 
     out: list[torch.Tensor | str] = [item.reason for item in items]
     jpegs = [i for i, item in enumerate(items) if item.data is not None]
@@ -132,7 +147,7 @@ def decode_on_device(items: Sequence[Encoded], device: torch.device) -> list[tor
             out[i] = _reason(exc)
     for i, item in enumerate(items):
         if item.pixels is not None:
-            out[i] = torch.from_numpy(item.pixels).permute(2, 0, 1).to(device)
+            out[i] = _upload(item.pixels, device)
     return out
 
 

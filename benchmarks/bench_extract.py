@@ -22,6 +22,7 @@ Workloads: 500x375 JPEGs (generated) and real mixed-size Caltech-101 images (--s
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 from pathlib import Path
@@ -122,8 +123,12 @@ def bench_set(name, paths, weights, args, tmp: Path) -> dict:
     pre = [C.rescaled(part, scales, 2048) for part in parts]
     fixed = C.FixedShape(extractors[precisions[0]])
     fixed_inputs = [fixed.inputs(part, scales) for part in parts]
+
+    def engine_part(ex: Extractor, k: int) -> None:
+        ex.describe_scaled(pre[k])
+
     engine_runs = {
-        f"engine {p} ({resolved[p]})": (lambda ex: lambda k: ex.describe_scaled(pre[k]))(ex)
+        f"engine {p} ({resolved[p]})": functools.partial(engine_part, ex)
         for p, ex in extractors.items()
     }
     engine_runs["naive forward"] = lambda k: C.run_naive_engine(tv, pre[k], device)

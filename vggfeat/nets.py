@@ -49,6 +49,9 @@ _ALIASES = {v: k for k, v in TORCHVISION_NAMES.items()}
 FC_WIDTH = 4096
 # Layers the dense engine can pool: the paper's descriptor is fc7 (after ReLU).
 LAYERS = ("fc7", "fc6", "pool5")
+# fc6 windows per matrix product: bounds the (rows, C*49) window copy (411 MB in fp32 at
+# full width) whatever the image and batch size.
+_ROWS_PER_PRODUCT = 4096
 
 
 def canonical_net(name: str) -> str:
@@ -232,11 +235,9 @@ class DenseVGG(nn.Module):
             kernel = linear.weight.view(out_features, in_features, 1, 1)
         return kernel, linear.bias
 
-    def _maps(
-        self, x: torch.Tensor, layer: str, sizes: torch.Tensor | None
+    def _pool5(
+        self, x: torch.Tensor, sizes: torch.Tensor | None
     ) -> tuple[torch.Tensor, _Padding | None]:
-        if layer not in LAYERS and layer != "fc8":
-            raise VggfeatError(f"Unknown layer {layer!r}. Valid layers: {', '.join(LAYERS)}.")
         multiply = x.device.type != "cpu" if self.mask_multiply is None else self.mask_multiply
         pad = None if sizes is None else _Padding(sizes, x.device, multiply)
         for module in self.vgg.features:
@@ -250,20 +251,41 @@ class DenseVGG(nn.Module):
                 f"pool5 map is {tuple(x.shape[-2:])}, smaller than fc6's 7x7: the image's "
                 "smallest side must be at least 224 pixels."
             )
+        return x, pad
+
+    def _windows(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """fc6 inputs: 7x7 pool5 windows as rows (M, C*49), C-major as the Linear expects;
+        every window in (n, i, j) order, or only those where ``keep`` (n, h-6, w-6) is set."""
+        n, c = x.shape[:2]
+        windows = x.unfold(2, 7, 1).unfold(3, 7, 1).permute(0, 2, 3, 1, 4, 5)
+        return (windows if keep is None else windows[keep]).reshape(-1, c * 49)
+
+    def _classify_rows(self, rows: torch.Tensor, layer: str) -> torch.Tensor:
+        """fc6 (and fc7, fc8) of (M, C*49) pool5 windows: (M, out) after ReLU (none on fc8)."""
+        for index, name in ((0, "fc6"), (3, "fc7"), (6, "fc8")):
+            linear = self.vgg.classifier[index]
+            rows = F.linear(rows, linear.weight, linear.bias)
+            if name == layer == "fc8":
+                return rows
+            rows = F.relu(rows, inplace=True)
+            if name == layer:
+                return rows
+        raise AssertionError("unreachable")
+
+    def _maps(
+        self, x: torch.Tensor, layer: str, sizes: torch.Tensor | None
+    ) -> tuple[torch.Tensor, _Padding | None]:
+        if layer not in LAYERS and layer != "fc8":
+            raise VggfeatError(f"Unknown layer {layer!r}. Valid layers: {', '.join(LAYERS)}.")
+        x, pad = self._pool5(x, sizes)
         if layer == "pool5":
             return x, pad
-        for index, name in ((0, "fc6"), (3, "fc7"), (6, "fc8")):
-            if pad is not None and index == 0:
-                x = pad.zero_(x)
-                pad.shrink(subtract=6)
-            weight, bias = self.fc_conv(index)
-            x = F.conv2d(x, weight, bias)
-            if name == layer == "fc8":
-                return x, pad
-            x = F.relu(x, inplace=True)
-            if name == layer:
-                return x, pad
-        raise AssertionError("unreachable")
+        if pad is not None:
+            x = pad.zero_(x)
+            pad.shrink(subtract=6)
+        n, _, h, w = x.shape
+        rows = self._classify_rows(self._windows(x, None), layer)
+        return rows.view(n, h - 6, w - 6, -1).permute(0, 3, 1, 2), pad
 
     def forward_maps(
         self, x: torch.Tensor, layer: str = "fc7", sizes: torch.Tensor | None = None
@@ -281,15 +303,41 @@ class DenseVGG(nn.Module):
     ) -> torch.Tensor:
         """Global-average-pooled ``layer`` descriptors (N, C) of (N, 3, H, W) input.
 
-        The pool sums in float32 whatever the maps' dtype, so bf16/fp16 maps lose no more
-        precision in the average.
+        fc6, fc7 and fc8 run as matrix products over the 7x7 pool5 windows inside each image
+        (the dense evaluation, without the work a 7x7 convolution would spend on padding, and
+        without the weight re-layout a convolution library does on every call). The pool sums
+        in float32 whatever the maps' dtype.
         """
-        maps, pad = self._maps(x, layer, sizes)
-        maps = maps.float()
+        if layer not in LAYERS and layer != "fc8":
+            raise VggfeatError(f"Unknown layer {layer!r}. Valid layers: {', '.join(LAYERS)}.")
+        x, pad = self._pool5(x, sizes)
+        if layer == "pool5":
+            return self._average(x.float(), pad)
+        if pad is not None:
+            pad.shrink(subtract=6)
+            if min(min(hw) for hw in pad.hw) < 1:
+                raise VggfeatError("An image in the batch is smaller than fc6's 7x7 pool5 window.")
+        n, _, h, w = x.shape
+        keep = None
+        if pad is not None:
+            keep = _valid_mask(pad.tensor(x.device), (h - 6, w - 6), x)[:, 0].bool()
+            owner = torch.arange(n, device=x.device)[:, None, None].expand(n, h - 6, w - 6)[keep]
+            counts = (pad.tensor(x.device)[:, 0] * pad.tensor(x.device)[:, 1]).float()
+        else:
+            owner = torch.arange(n, device=x.device).repeat_interleave((h - 6) * (w - 6))
+            counts = torch.full((n,), float((h - 6) * (w - 6)), device=x.device)
+        rows = self._windows(x, keep)
+        total = None
+        for start in range(0, len(rows), _ROWS_PER_PRODUCT):
+            out = self._classify_rows(rows[start : start + _ROWS_PER_PRODUCT], layer).float()
+            if total is None:
+                total = torch.zeros((n, out.shape[1]), device=x.device)
+            total.index_add_(0, owner[start : start + _ROWS_PER_PRODUCT], out)
+        return total / counts[:, None]
+
+    def _average(self, maps: torch.Tensor, pad: _Padding | None) -> torch.Tensor:
         if pad is None:
             return maps.mean(dim=(-2, -1))
-        if min(min(hw) for hw in pad.hw) < 1:
-            raise VggfeatError("An image in the batch is smaller than fc6's 7x7 pool5 window.")
         valid = pad.tensor(maps.device)
         total = (maps * _valid_mask(valid, maps.shape[-2:], maps)).sum(dim=(-2, -1))
         return total / (valid[:, 0] * valid[:, 1]).to(maps.dtype)[:, None]

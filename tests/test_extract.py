@@ -92,6 +92,19 @@ def test_padded_buckets_equal_one_at_a_time(tiny_weights):
         assert _max_rel(batched[key], single[key]) <= 1e-5
 
 
+def test_prepacked_cpu_path_equals_plain_path(tiny_weights):
+    """Unpadded fp32 CPU batches run a conv stack with weights laid out once for oneDNN."""
+    w = tiny_weights("E", seed=4)
+    packed = Extractor([w], _config(batch_size=4))
+    assert packed._packed["E"] is not None
+    plain = Extractor([w], _config(batch_size=4))
+    plain._packed = {}
+    a, b = packed.describe(_images()), plain.describe(_images())
+    for key in a:
+        assert _max_rel(a[key], b[key]) <= 1e-5
+    assert Extractor([w], _config(precision="bf16"))._packed == {}  # fp32 only
+
+
 def _out_of_memory_above(monkeypatch, limit):
     """Fault injection: any batch of more than ``limit`` images runs out of memory."""
     real = Extractor._describe_batch

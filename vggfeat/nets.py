@@ -171,6 +171,19 @@ def _valid_mask(sizes: torch.Tensor, shape: tuple[int, int], like: torch.Tensor)
     return (rows[:, None, :, None] & cols[:, None, None, :]).to(like.dtype)
 
 
+def _check_layer(layer: str) -> None:
+    if layer not in LAYERS and layer != "fc8":
+        raise VggfeatError(f"Unknown layer {layer!r}. Valid layers: {', '.join(LAYERS)}.")
+
+
+def _check_pool5(x: torch.Tensor) -> None:
+    if x.shape[-2] < 7 or x.shape[-1] < 7:
+        raise VggfeatError(
+            f"pool5 map is {tuple(x.shape[-2:])}, smaller than fc6's 7x7: the image's "
+            "smallest side must be at least 224 pixels."
+        )
+
+
 class _Padding:
     """The valid (h, w) of each sample of a padded batch, as the maps shrink through the net.
 
@@ -246,11 +259,7 @@ class DenseVGG(nn.Module):
             x = module(x)
             if pad is not None and isinstance(module, nn.MaxPool2d):
                 pad.shrink(divide=2)
-        if x.shape[-2] < 7 or x.shape[-1] < 7:
-            raise VggfeatError(
-                f"pool5 map is {tuple(x.shape[-2:])}, smaller than fc6's 7x7: the image's "
-                "smallest side must be at least 224 pixels."
-            )
+        _check_pool5(x)
         return x, pad
 
     def _windows(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
@@ -275,8 +284,7 @@ class DenseVGG(nn.Module):
     def _maps(
         self, x: torch.Tensor, layer: str, sizes: torch.Tensor | None
     ) -> tuple[torch.Tensor, _Padding | None]:
-        if layer not in LAYERS and layer != "fc8":
-            raise VggfeatError(f"Unknown layer {layer!r}. Valid layers: {', '.join(LAYERS)}.")
+        _check_layer(layer)
         x, pad = self._pool5(x, sizes)
         if layer == "pool5":
             return x, pad
@@ -308,9 +316,18 @@ class DenseVGG(nn.Module):
         without the weight re-layout a convolution library does on every call). The pool sums
         in float32 whatever the maps' dtype.
         """
-        if layer not in LAYERS and layer != "fc8":
-            raise VggfeatError(f"Unknown layer {layer!r}. Valid layers: {', '.join(LAYERS)}.")
+        _check_layer(layer)
         x, pad = self._pool5(x, sizes)
+        return self._head(x, layer, pad)
+
+    def pool5_descriptors(self, pool5: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
+        """:meth:`forward` from unpadded (N, C, h, w) pool5 maps computed elsewhere (e.g. by
+        a conv stack with pre-laid-out weights): (N, C') pooled ``layer`` descriptors."""
+        _check_layer(layer)
+        _check_pool5(pool5)
+        return self._head(pool5, layer, None)
+
+    def _head(self, x: torch.Tensor, layer: str, pad: _Padding | None) -> torch.Tensor:
         if layer == "pool5":
             return self._average(x.float(), pad)
         if pad is not None:

@@ -4,7 +4,8 @@ falls on all of them alike.
 
 Workloads: 500x375 JPEGs (generated) and real mixed-size Caltech-101 images (--sets). For each:
 
-- end to end: ``extract_to_store`` (decode workers, engine, crash-safe store) per precision;
+- end to end: decode workers, engine and crash-safe store (what ``vggfeat extract`` runs; the
+  nets are built once, as the naive loop's is) per precision;
 - the naive loop: torchvision's vgg16/vgg19 with the same weights, fp32, NCHW, PIL decode,
   one image at a time, the flip as a second forward, a hand-written dense fc6/fc7;
 - engine alone on pre-decoded, pre-rescaled images, beside the naive forward alone and a
@@ -36,6 +37,8 @@ import _common as C  # noqa: E402
 
 from vggfeat.extract import ExtractConfig, Extractor, _DecodeDataset  # noqa: E402
 from vggfeat.pipeline import extract_to_store  # noqa: E402
+from vggfeat.store import StoreWriter  # noqa: E402
+from vggfeat.versions import software_versions  # noqa: E402
 from vggfeat.weights import load_weights  # noqa: E402
 
 
@@ -88,21 +91,20 @@ def bench_set(name, paths, weights, args, tmp: Path) -> dict:
 
     stores = {}
 
-    def ours(p):
-        def run(part):
-            out = tmp / f"{name}_{p}_{part}.h5"
-            stores[(p, part)] = extract_to_store(
-                samples[part], out, [weights], configs[p], progress=False
-            ).store
-
-        return run
+    def ours(p: str, part: int) -> None:
+        # The engine is built once, as in one long run (the naive loop's net is, too); the
+        # decode workers, the engine and the crash-safe store run for every part.
+        ex = extractors[p]
+        writer = StoreWriter(tmp / f"{name}_{p}_{part}.h5", ex.settings(), software_versions())
+        ex.run(samples[part], writer.add, progress=False)
+        stores[(p, part)] = writer.finalize(order=[i for i, _ in samples[part]])
 
     naive = {}
 
     def naive_run(part):
         naive[part] = C.run_naive(tv, parts[part], scales, device)
 
-    runs = {f"vggfeat {p} ({resolved[p]})": ours(p) for p in precisions}
+    runs = {f"vggfeat {p} ({resolved[p]})": functools.partial(ours, p) for p in precisions}
     runs["naive loop"] = naive_run
     e2e = C.interleaved(runs, args.parts)
 

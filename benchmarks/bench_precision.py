@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 
 from vggfeat.devices import native_bf16, resolve_device  # noqa: E402
-from vggfeat.extract import ExtractConfig  # noqa: E402
+from vggfeat.extract import ExtractConfig, _PackedFeatures  # noqa: E402
 from vggfeat.features import FeatureSpec, design_matrix  # noqa: E402
 from vggfeat.labels import read_class_folders  # noqa: E402
 from vggfeat.metrics import mean_class_recall  # noqa: E402
@@ -48,12 +48,23 @@ def _bf16(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 class Bf16Rounding(TorchFunctionMode):
-    """Every convolution as bf16 autocast computes it, on fp32 kernels: inputs, weights and
-    bias rounded to bf16, accumulation in fp32, the output rounded to bf16."""
+    """Every convolution and matrix product (fc6, fc7) as bf16 autocast computes it, on fp32
+    kernels: inputs, weights and bias rounded to bf16, accumulation in fp32, the output
+    rounded to bf16. (The engine's prepacked oneDNN conv stack is switched off meanwhile, so
+    that every convolution goes through here.)"""
+
+    def __enter__(self):
+        self._build = _PackedFeatures.__dict__["build"]
+        _PackedFeatures.build = staticmethod(lambda model: None)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        _PackedFeatures.build = self._build
+        return super().__exit__(*exc)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
-        if func in (torch.conv2d, F.conv2d):
+        if func in (torch.conv2d, F.conv2d, F.linear):
             args = list(args)
             for i in range(min(3, len(args))):
                 args[i] = _bf16(args[i])

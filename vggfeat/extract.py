@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,7 +65,7 @@ class ExtractConfig:
         precision: 'fp32' (TF32 off), 'bf16' or 'fp16' autocast, or 'auto': bf16 where the
             device runs it natively (Ampere or later GPUs, AVX512-BF16/AMX CPUs), else fp32.
         device: 'cpu', 'cuda', 'cuda:N' or 'auto'.
-        batch_size: Images per forward pass (each with its flip); 0 picks 8 on the CPU and 32
+        batch_size: Images per forward pass (each with its flip); 0 picks 4 on the CPU and 32
             on a GPU.
         workers: Background decoding processes (0 decodes in the main process).
         max_side: Longest side after rescaling; longer images are centre-cropped to it.
@@ -78,6 +79,8 @@ class ExtractConfig:
         max_waste: Largest fraction of a canvas that may be padding when leftover shapes are
             merged into one batch; below 0 picks 0 on the CPU and 0.15 on a GPU.
         window: Images grouped by shape together; 0 picks 8 batches' worth.
+        streams: Batches run at once on the CPU, each on one core (0: one per torch thread);
+            independent streams waste no time waiting for each other inside every layer.
     """
 
     scales: tuple[int, ...] = (256, 384, 512)
@@ -93,6 +96,7 @@ class ExtractConfig:
     bucket: int = 0
     max_waste: float = -1.0
     window: int = 0
+    streams: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "scales", check_scales(self.scales))
@@ -104,7 +108,7 @@ class ExtractConfig:
             )
         if self.decode not in DECODERS:
             raise VggfeatError(f"Unknown decoder {self.decode!r}. Valid: {', '.join(DECODERS)}.")
-        if self.batch_size < 0 or self.workers < 0 or self.bucket < 0 or self.window < 0:
+        if min(self.batch_size, self.workers, self.bucket, self.window, self.streams) < 0:
             raise VggfeatError("--batch-size and --workers must be >= 0 (0: the default).")
         if self.max_side < max(self.scales):
             raise VggfeatError(
@@ -296,10 +300,13 @@ class Extractor:
         self.precision = resolve_precision(config.precision, self.device)
         self.dtype = PRECISIONS[self.precision]
         cuda = self.device.type == "cuda"
-        self.batch_size = config.batch_size or (32 if cuda else 8)
+        # On the CPU, batches of 4 leave enough of them in a window for every stream.
+        self.batch_size = config.batch_size or (32 if cuda else 4)
         self.bucket = config.bucket or (32 if cuda else 1)
         self.max_waste = config.max_waste if config.max_waste >= 0 else (0.15 if cuda else 0.0)
         self.window = config.window or 8 * self.batch_size
+        self.streams = 1 if cuda else config.streams or torch.get_num_threads()
+        self._pool: ThreadPoolExecutor | None = None
         if cuda:
             # Few distinct shapes (bucketing), so autotuning each one once pays.
             torch.backends.cudnn.benchmark = True
@@ -478,17 +485,27 @@ class Extractor:
         """(net, Q) -> (n, dim) float32 for images already rescaled to every Q, and the
         positions of images that failed (out of memory alone) with the reason."""
         n = len(per_image)
+        work = [
+            (s, q, members, canvas)
+            for s, q in enumerate(self.config.scales)
+            for members, canvas in plan_batches(
+                [_hw(pixels[s]) for pixels in per_image],
+                self.batch_size,
+                self.bucket,
+                self.max_waste,
+            )
+        ]
+
+        def run(item: tuple[int, int, list[int], tuple[int, int]]) -> Any:
+            s, q, members, canvas = item
+            return self._describe_or_split([per_image[i][s] for i in members], canvas, q)
+
         pending: list[tuple[str, int, list[int], torch.Tensor]] = []
         failed: dict[int, str] = {}
-        for s, q in enumerate(self.config.scales):
-            shapes = [_hw(pixels[s]) for pixels in per_image]
-            for members, canvas in plan_batches(
-                shapes, self.batch_size, self.bucket, self.max_waste
-            ):
-                outs, bad = self._describe_or_split([per_image[i][s] for i in members], canvas, q)
-                pending += [(net, q, members, vectors) for net, vectors in outs.items()]
-                for k, reason in bad.items():
-                    failed.setdefault(members[k], reason)
+        for (_, q, members, _), (outs, bad) in zip(work, self._map(run, work)):
+            pending += [(net, q, members, vectors) for net, vectors in outs.items()]
+            for k, reason in bad.items():
+                failed.setdefault(members[k], reason)
         out = {
             (net, q): np.empty((n, self.dim), dtype=np.float32)
             for q in self.config.scales
@@ -502,6 +519,17 @@ class Extractor:
                 out[(net, q)][members] = host[start : start + len(members)]
                 start += len(members)
         return out, failed
+
+    def _map(self, fn: Callable[[Any], Any], work: Sequence[Any]) -> list[Any]:
+        """``fn`` over ``work`` in order: on the CPU in independent single-threaded streams
+        when there is enough work to keep them busy, else here with every thread."""
+        if self.streams < 2 or len(work) < self.streams:
+            return [fn(item) for item in work]
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                self.streams, initializer=torch.set_num_threads, initargs=(1,)
+            )
+        return list(self._pool.map(fn, work))
 
     def describe_scaled(
         self, per_image: Sequence[Sequence[np.ndarray]]

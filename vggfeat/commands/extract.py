@@ -87,7 +87,7 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
 @click.option(
     "--batch-size",
     default=0,
-    help="Images per forward pass [default: 8 on the CPU, 32 on a GPU].",
+    help="Images per forward pass [default: 4 on the CPU, 32 on a GPU].",
 )
 @click.option("--workers", default=2, show_default=True, help="Background decoding processes.")
 @device_option

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 from bench_extract import decode_alone  # noqa: E402
 
-from vggfeat.devices import resolve_device  # noqa: E402
+from vggfeat.devices import native_bf16, resolve_device  # noqa: E402
 from vggfeat.extract import ExtractConfig, Extractor  # noqa: E402
 from vggfeat.pipeline import extract_to_store  # noqa: E402
 from vggfeat.weights import load_weights  # noqa: E402
@@ -119,7 +119,7 @@ def bench_set(name, paths, weights, args, device, peak: float, tmp: Path) -> dic
             "seconds": seconds,
             "images_per_s": images / seconds,
             "tflop_per_s": tflops,
-            "fraction_of_bf16_peak": tflops / peak,
+            "fraction_of_matmul_peak": tflops / peak,
         }
         print(f"  {key:<44}{images / seconds:>10.1f} img/s{tflops:>9.2f} TFLOP/s"
               f"{tflops / peak:>8.1%} of peak")  # fmt: skip
@@ -183,7 +183,7 @@ def bench_set(name, paths, weights, args, device, peak: float, tmp: Path) -> dic
     best = result["runs"]["end to end, default settings"]
     best["speedup_vs_naive"] = best["images_per_s"] / naive
     print(f"  default end to end: {best['speedup_vs_naive']:.1f}x the naive loop, "
-          f"{best['fraction_of_bf16_peak']:.1%} of the bf16 matmul peak "
+          f"{best['fraction_of_matmul_peak']:.1%} of the matmul peak "
           f"(goal: >= 10x and >= 50%)")  # fmt: skip
 
     print("  fast-path steps (engine, fixed 500x375 shape at each Q, image + flip):")
@@ -221,14 +221,16 @@ def main() -> None:
 
     peaks = {}
     size = 8192 if device.type == "cuda" else 2048
-    peaks["bf16"] = C.matmul_peak(device, torch.bfloat16, size)
+    if native_bf16(device):  # elsewhere a bf16 product is reference code, no peak to speak of
+        peaks["bf16"] = C.matmul_peak(device, torch.bfloat16, size)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         peaks["tf32"] = C.matmul_peak(device, torch.float32, size)
         torch.backends.cuda.matmul.allow_tf32 = False
     peaks["fp32"] = C.matmul_peak(device, torch.float32, size)
-    peak = peaks["bf16"] if device.type == "cuda" else max(peaks.values())
+    peak = peaks.get("bf16", peaks["fp32"])
     record["matmul_peak_tflop_per_s"] = peaks
+    record["peak_used"] = "bf16" if "bf16" in peaks else "fp32"
     print("matmul peak (TFLOP/s): " + ", ".join(f"{k} {v:.1f}" for k, v in peaks.items()))
 
     record["sets"] = []

@@ -171,6 +171,12 @@ def _valid_mask(sizes: torch.Tensor, shape: tuple[int, int], like: torch.Tensor)
     return (rows[:, None, :, None] & cols[:, None, None, :]).to(like.dtype)
 
 
+def _to_device(values: list, device: torch.device) -> torch.Tensor:
+    """A small int64 tensor on ``device``, copied without making the host wait for a GPU."""
+    t = torch.tensor(values, dtype=torch.int64)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
 def _check_layer(layer: str) -> None:
     if layer not in LAYERS and layer != "fc8":
         raise VggfeatError(f"Unknown layer {layer!r}. Valid layers: {', '.join(LAYERS)}.")
@@ -199,7 +205,7 @@ class _Padding:
     def __init__(self, sizes: torch.Tensor, device: torch.device, multiply: bool) -> None:
         self.hw = [(int(h), int(w)) for h, w in sizes.tolist()]
         self.multiply = multiply
-        self._on_device = torch.tensor(self.hw, device=device) if multiply else None
+        self._on_device = _to_device(self.hw, device) if multiply else None
 
     def zero_(self, x: torch.Tensor) -> torch.Tensor:
         """Zero, in place, everything outside each sample's valid region of ``x``."""
@@ -217,7 +223,13 @@ class _Padding:
         """(N, 2) valid sizes on ``device``."""
         if self._on_device is not None:
             return self._on_device
-        return torch.tensor(self.hw, device=device)
+        return _to_device(self.hw, device)
+
+    def positions(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sample, row, col) of every valid position, as index tensors on ``device`` (built
+        on the host: a boolean mask would make the host wait for the GPU)."""
+        index = [(n, i, j) for n, (h, w) in enumerate(self.hw) for i in range(h) for j in range(w)]
+        return _to_device(index, device).reshape(-1, 3).unbind(1)
 
 
 class DenseVGG(nn.Module):
@@ -262,9 +274,9 @@ class DenseVGG(nn.Module):
         _check_pool5(x)
         return x, pad
 
-    def _windows(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    def _windows(self, x: torch.Tensor, keep: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
         """fc6 inputs: 7x7 pool5 windows as rows (M, C*49), C-major as the Linear expects;
-        every window in (n, i, j) order, or only those where ``keep`` (n, h-6, w-6) is set."""
+        every window in (n, i, j) order, or those at the (n, i, j) indices ``keep``."""
         n, c = x.shape[:2]
         windows = x.unfold(2, 7, 1).unfold(3, 7, 1).permute(0, 2, 3, 1, 4, 5)
         return (windows if keep is None else windows[keep]).reshape(-1, c * 49)
@@ -337,9 +349,9 @@ class DenseVGG(nn.Module):
         n, _, h, w = x.shape
         keep = None
         if pad is not None:
-            keep = _valid_mask(pad.tensor(x.device), (h - 6, w - 6), x)[:, 0].bool()
-            owner = torch.arange(n, device=x.device)[:, None, None].expand(n, h - 6, w - 6)[keep]
-            counts = (pad.tensor(x.device)[:, 0] * pad.tensor(x.device)[:, 1]).float()
+            keep = pad.positions(x.device)  # fc6 windows inside each image
+            owner = keep[0]
+            counts = pad.tensor(x.device).prod(dim=1).float()
         else:
             owner = torch.arange(n, device=x.device).repeat_interleave((h - 6) * (w - 6))
             counts = torch.full((n,), float((h - 6) * (w - 6)), device=x.device)

@@ -72,6 +72,26 @@ def write_bad_images(folder) -> dict:
     return {name: reason for name, (_, reason) in corpus.items()}
 
 
+def write_tiff_with_double_offsets(path):
+    """A TIFF whose StripOffsets tag (273) has type DOUBLE: PIL raises TypeError on it."""
+    import io
+    import struct
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(buf, format="TIFF")
+    data = bytearray(buf.getvalue())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for i in range(struct.unpack_from("<H", data, ifd)[0]):
+        entry = ifd + 2 + 12 * i
+        if struct.unpack_from("<H", data, entry)[0] == 273:
+            struct.pack_into("<H", data, entry + 2, 12)  # type 12: DOUBLE
+    path.write_bytes(bytes(data))
+    return path
+
+
 @pytest.fixture
 def images(tmp_path):
     """A folder of 7 small JPEGs of mixed sizes (>= 224 on the short side)."""

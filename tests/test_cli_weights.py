@@ -139,9 +139,9 @@ def test_import_errors_are_one_line(home):
     assert "truncated" in line
 
     result = invoke("weights", "import", src, "--net", "F", "--out", home / "f.safetensors")
-    assert result.exit_code == 2 and "Unknown net 'F'" in result.output
+    assert result.exit_code == 1 and "Unknown net 'F'" in result.output
     result = invoke("weights", "import", src, "--net", "A", "--out", home / "f.safetensors")
-    assert result.exit_code == 2 and "nets D (vgg16) and E (vgg19) only" in result.output
+    assert result.exit_code == 1 and "nets D (vgg16) and E (vgg19) only" in result.output
 
 
 def test_info_on_state_dict_and_on_oxford_release(home):

@@ -13,8 +13,13 @@ from vggfeat.features import (
     check_provenance,
     design_matrix,
     feature_provenance,
+    feature_record,
+    model_matrix,
     open_stores,
+    predict_store,
     resolve_spec,
+    store_ids,
+    usable_ids,
 )
 from vggfeat.store import FeatureStore
 
@@ -112,6 +117,63 @@ def test_ids_may_omit_the_file_extension(tmp_path):
     data = make_store(tmp_path / "s.h5", ["000005.jpg", "000007.jpg"], settings)
     x = design_matrix([tmp_path / "s.h5"], ["000007", "000005"], FeatureSpec(("D",), (256,)))
     np.testing.assert_allclose(x, l2(data["D", 256][::-1]), rtol=1e-6)
+
+
+def test_an_id_matching_two_images_is_ambiguous_not_missing(tmp_path):
+    """Regression: 'im00' with both im00.jpg and im00.png in the store read as 'missing'."""
+    settings = store_settings(["D"], [256])
+    make_store(tmp_path / "s.h5", ["im00.jpg", "im00.png", "im01.jpg"], settings)
+    spec = FeatureSpec(("D",), (256,))
+    with pytest.raises(FeatureError, match=r"1 of 2 test ids match several images in s\.h5 "
+                       r"\(e\.g\. im00: im00\.jpg, im00\.png\); give those ids with their "
+                       r"file extension"):  # fmt: skip
+        design_matrix([tmp_path / "s.h5"], ["im01", "im00"], spec, role="test")
+    assert design_matrix([tmp_path / "s.h5"], ["im00.png", "im01"], spec).shape == (2, 16)
+    assert store_ids([tmp_path / "s.h5"], ["im01", "im00.png"], spec) == ["im01.jpg", "im00.png"]
+    with pytest.raises(FeatureError, match="1 of 1 ids are missing"):
+        design_matrix([tmp_path / "s.h5"], ["im02"], spec)
+
+
+def test_usable_ids_are_the_same_in_any_store_order(tmp_path):
+    make_store(tmp_path / "d.h5", IDS, store_settings(["D"], [256]), failed={IDS[2]: "bad"})
+    make_store(tmp_path / "e.h5", ["extra", *IDS[:7][::-1]], store_settings(["E"], [256]),
+               failed={IDS[4]: "truncated"})  # fmt: skip
+    d_first, notes = usable_ids([tmp_path / "d.h5", tmp_path / "e.h5"])
+    e_first, _ = usable_ids([tmp_path / "e.h5", tmp_path / "d.h5"])
+    assert d_first == [i for i in IDS if i not in (IDS[2], IDS[4], IDS[7])]
+    assert sorted(e_first) == sorted(d_first)
+    assert notes == ["1 images failed extraction in d.h5", "1 images are missing from e.h5",
+                     "1 images failed extraction in e.h5"]  # fmt: skip
+    assert usable_ids([tmp_path / "e.h5"])[0] == [
+        "extra", *[i for i in IDS[:7][::-1] if i != IDS[4]]]  # fmt: skip
+
+
+def test_predict_store_builds_x_with_the_models_own_spec(two_stores, tmp_path):
+    """Issue 11.6: decision_function takes any matrix of the right width, unchecked;
+    predict_store builds it from the stores with the model's spec and provenance."""
+    from vggfeat.svm import SVMClassifier, save_svm
+
+    path_d, path_e, _, _ = two_stores
+    stores = open_stores([path_d, path_e])
+    spec = FeatureSpec(("D", "E"), (256, 512), "average")
+    x = design_matrix(stores, IDS, spec)
+    y = np.array(["a", "b", "c", "a", "b", "c", "a", "b"])
+    clf = SVMClassifier(C=1.0).fit(x, y)
+    save_svm(tmp_path / "m.h5", clf, {"note": "mine", **feature_record(stores, spec)})
+    ids, scores = predict_store(tmp_path / "m.h5", [path_e, path_d])  # any store order
+    assert ids == IDS  # every image extracted in both stores, in the first net's store order
+    np.testing.assert_allclose(scores, clf.decision_function(x), rtol=1e-6, atol=1e-9)
+    ids, scores = predict_store((clf, feature_record(stores, spec)), [path_d, path_e], IDS[3:5])
+    np.testing.assert_allclose(scores, clf.decision_function(x[3:5]), rtol=1e-6, atol=1e-9)
+    # The raw path would take the nets in the wrong order without a word...
+    swapped = design_matrix(stores, IDS, FeatureSpec(("E", "D"), (256, 512), "average"))
+    assert not np.allclose(clf.decision_function(swapped), clf.decision_function(x))
+    # ...while the model's record refuses stores that are not its features.
+    make_store(tmp_path / "other_e.h5", IDS, store_settings(["E"], [256, 384, 512], flip=False))
+    with pytest.raises(SettingsMismatch, match="does not match the features m.h5 was fit on"):
+        predict_store(tmp_path / "m.h5", [path_d, tmp_path / "other_e.h5"])
+    with pytest.raises(FeatureError, match="records no feature spec"):
+        model_matrix({"note": "mine"}, stores, IDS)
 
 
 # ----------------------------------------------------------------------------- spec

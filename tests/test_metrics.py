@@ -200,7 +200,6 @@ def test_precision_recall_curve_matches_devkit():
         ([0.1, 0.2], [-1, -1], "No positive"),
         ([0.1, 0.2], [-1, 0], "No positive"),
         ([0.1, 0.2], [1, 2], "VOC labels"),
-        ([0.1, 0.2], [1, 0], "no -1"),
         ([0.1, np.nan], [1, -1], "NaN"),
         ([0.1, 0.2, 0.3], [1, -1], "equal length"),
     ],
@@ -208,6 +207,15 @@ def test_precision_recall_curve_matches_devkit():
 def test_ap_errors(scores, labels, match):
     with pytest.raises(VggfeatError, match=match):
         average_precision(scores, labels)
+
+
+def test_ap_without_negatives_is_one():
+    """Positives and difficult images but no negative: every ranked image is a hit, AP 1."""
+    for method in ("11point", "area"):
+        assert average_precision([0.1, 0.9, 0.5], [1, 0, 1], method) == 1.0
+        assert average_precision([0.3], [1], method) == 1.0
+    precision, recall = precision_recall_curve([0.1, 0.9, 0.5], [1, 0, 1])
+    assert precision.tolist() == [1.0, 1.0] and recall.tolist() == [0.5, 1.0]
 
 
 def test_ap_unknown_method():

@@ -495,6 +495,14 @@ def test_truncated_files(tmp_path):
         oxford.convert(short, "D")
 
 
+def test_keras_layer_listed_without_its_group_is_named(tmp_path):
+    path = write_keras(tmp_path / "gap.h5", keras_release("D"))
+    with h5py.File(path, "a") as f:
+        del f["block3_conv2"]
+    with pytest.raises(WeightsError, match="gap.h5: layer '/block3_conv2' is listed .* missing"):
+        oxford.convert(path, "D")
+
+
 def test_wrong_shapes(tmp_path):
     release = caffe_release("D")
     w, b = release["fc6"]

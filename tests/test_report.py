@@ -60,9 +60,12 @@ def test_multiclass_summary(tmp_path):
         results["mean_class_recall"] == pytest.approx(mean_class_recall(y_true, y_pred)) == 2.5 / 3
     )
     assert results["top1_error"] == pytest.approx(top_k_error(scores, y_true, 1)) == 0.2
-    assert results["top_k"] == 4 and results["top4_error"] == 0.0  # k capped at K
+    # A stable key whatever K: with 4 classes every class is in the top 5, so the error is 0.
+    assert results["top_k"] == 5 and results["top5_error"] == 0.0 and "top4_error" not in results
+    two = evaluate_multiclass(scores, y_true, list("wxyz"), top_k=2)
+    assert two["top2_error"] == top_k_error(scores, y_true, 2) and two["top_k"] == 2
     table = results_table(results)
-    assert "mean class recall      83.3" in table.splitlines() and "top-4 error" in table
+    assert "mean class recall      83.3" in table.splitlines() and "top-5 error" in table
     png = plot_confusion(tmp_path / "cm" / "confusion.png", y_true, y_pred, results)
     assert png.stat().st_size > 5_000
     assert not list(png.parent.glob(".*.tmp"))
@@ -76,6 +79,21 @@ def test_fit_table():
     assert text.splitlines()[3].split() == ["b", "2", "6", "1", "10", "0.9000"]
     counts["b"]["difficult"] = 0
     assert fit_table(["a", "b"], [1.0, 1.0], counts).splitlines()[2].split() == ["a", "3", "5", "1"]
+    held = fit_table(["a", "b"], [0.1, 10.0], counts, np.array([[0.5, 0.7], [0.9, 0.2]]),
+                     selection="holdout")  # fmt: skip
+    assert held.splitlines()[0].split() == ["class", "pos", "neg", "C", "holdout", "AP"]
+
+
+def test_pr_plot_names_never_collide(tmp_path):
+    """Regression: 'dog adult', 'dog/adult' and 'dog_adult' all wrote pr_dog_adult.png."""
+    names = ["dog adult", "dog/adult", "dog_adult", "Cat", "cat", "bird"]
+    y = np.tile([1, -1, -1, 1], (len(names), 1)).T
+    scores = np.random.default_rng(1).normal(size=y.shape)
+    results = evaluate_multilabel(scores, y, names)
+    written = plot_pr_curves(tmp_path, scores, y, results)
+    assert len(written) == len(set(p.name.lower() for p in written)) == len(names)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in written)
+    assert tmp_path / "pr_bird.png" in written and tmp_path / "pr_dog_adult.png" not in written
 
 
 def test_json_and_scores_csv(tmp_path):

@@ -22,8 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import Dataset
 
-from vggfeat.errors import ImageError
-from vggfeat.images import decode_image, scaled_size
+from vggfeat.images import decode_image, failure_reason, scaled_size
 
 __all__ = [
     "DECODER",
@@ -56,13 +55,6 @@ class Encoded:
     reason: str = ""
 
 
-def _reason(exc: BaseException) -> str:
-    if isinstance(exc, ImageError):
-        return str(exc)
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-
-
 def read_encoded(index: int, id_: str, path: str) -> Encoded:
     """Read one file: a JPEG's bytes and EXIF orientation, or any other image decoded by PIL."""
     try:
@@ -76,7 +68,7 @@ def read_encoded(index: int, id_: str, path: str) -> Encoded:
             index, id_, path, data=np.frombuffer(data, np.uint8), orientation=orientation
         )
     except Exception as exc:  # one bad file is its failed row; the run goes on
-        return Encoded(index, id_, path, reason=_reason(exc))
+        return Encoded(index, id_, path, reason=failure_reason(exc))
 
 
 class ReadDataset(Dataset):
@@ -144,7 +136,7 @@ def decode_on_device(items: Sequence[Encoded], device: torch.device) -> list[tor
             image = image if image is not None else _decode_one(items[i], device)
             out[i] = orient(image, items[i].orientation)
         except Exception as exc:  # one bad file is its failed row; the run goes on
-            out[i] = _reason(exc)
+            out[i] = failure_reason(exc)
     for i, item in enumerate(items):
         if item.pixels is not None:
             out[i] = _upload(item.pixels, device)

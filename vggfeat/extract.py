@@ -28,7 +28,8 @@ from vggfeat.images import (
     DEFAULT_MAX_SIDE,
     INTERPOLATION,
     check_scales,
-    decode_image,
+    failure_reason,
+    load_image,
     rescale_all,
 )
 from vggfeat.nets import LAYERS, DenseVGG
@@ -155,11 +156,12 @@ class _DecodeDataset(Dataset):
     def __getitem__(self, index: int) -> _Decoded:
         id_, path = self.samples[index]
         try:
-            image = decode_image(path)
-        except ImageError as exc:
-            return _Decoded(index, id_, None, reason=str(exc))
-        scaled, note = rescale_all(image, self.scales, self.max_side)
-        return _Decoded(index, id_, scaled, image.shape[:2], note)
+            image = load_image(path, self.scales)
+            scaled, note = rescale_all(image.pixels, self.scales, self.max_side)
+        except Exception as exc:  # whatever one image raises is its failed row; the run goes on
+            return _Decoded(index, id_, None, reason=failure_reason(exc))
+        notes = "; ".join(n for n in (image.note, note) if n)
+        return _Decoded(index, id_, scaled, image.size, notes)
 
 
 def _round_up(value: int, step: int) -> int:

@@ -34,9 +34,14 @@ __all__ = [
     "check_provenance",
     "design_matrix",
     "feature_provenance",
+    "feature_record",
+    "model_matrix",
     "net_sources",
     "open_stores",
+    "predict_store",
     "resolve_spec",
+    "store_ids",
+    "usable_ids",
 ]
 
 AGGREGATES = ("stack", "average")
@@ -268,13 +273,29 @@ def _row_norms(x: np.ndarray) -> np.ndarray:
     return norms
 
 
+def _ambiguous(store: FeatureStore, ids: Sequence[str]) -> dict[str, list[str]]:
+    """The ids among ``ids`` that name, without an extension, several images of ``store``."""
+    by_stem: dict[str, list[str]] = {}
+    for id_ in store.ids:
+        by_stem.setdefault(os.path.splitext(id_)[0], []).append(id_)
+    return {i: by_stem[i] for i in ids if len(by_stem.get(i, ())) > 1}
+
+
 def _check_rows(store: FeatureStore, ids: Sequence[str], role: str) -> np.ndarray:
-    """Store rows of ``ids`` (which may omit file extensions); refuses ids the store lacks or
-    whose extraction failed."""
+    """Store rows of ``ids`` (which may omit file extensions); refuses ids the store lacks, ids
+    that match several images, and ids whose extraction failed."""
     what = f"{role} ids" if role else "ids"
     rows = store.find(ids)
     missing = np.flatnonzero(rows < 0)
     if len(missing):
+        ambiguous = _ambiguous(store, [ids[k] for k in missing])
+        if ambiguous:
+            id_, names = next(iter(ambiguous.items()))
+            raise FeatureError(
+                f"{len(ambiguous)} of {len(ids)} {what} match several images in "
+                f"{store.path.name} (e.g. {id_}: {', '.join(names[:3])}); give those ids with "
+                "their file extension."
+            )
         raise FeatureError(
             f"{len(missing)} of {len(ids)} {what} are missing from {store.path.name} "
             f"(e.g. {', '.join(ids[k] for k in missing[:3])}); extract them or use a split the "
@@ -419,3 +440,137 @@ def check_provenance(
             )
         _check_scales(store, spec.scales)
     _check_fusion(stores)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def feature_record(stores: Sequence[FeatureStore], spec: FeatureSpec) -> dict[str, Any]:
+    """What a model needs to rebuild and check its features: ``{"features": spec.to_dict(),
+    "provenance": feature_provenance(stores)}``.
+
+    Put it in the spec given to :func:`vggfeat.svm.save_svm` (``vggfeat svm fit`` does), so
+    that :func:`model_matrix` and :func:`predict_store` can build a model's input safely.
+    """
+    return {"features": spec.to_dict(), "provenance": feature_provenance(stores)}
+
+
+def usable_ids(
+    stores: Sequence[FeatureStore | str | os.PathLike], nets: Sequence[str] | None = None
+) -> tuple[list[str], list[str]]:
+    """Ids of the images that every store holding ``nets`` extracted successfully.
+
+    Args:
+        stores: Stores (or paths).
+        nets: Nets used (default every net of the stores); only their stores are consulted.
+
+    Returns:
+        The ids, in the order of the store holding the first net, and notes (one line each)
+        on the images left out: failed in, or missing from, some store.
+    """
+    stores = open_stores(stores)
+    nets = [n for s in stores for n in s.nets] if nets is None else list(nets)
+    sources = list({id(s): s for s in net_sources(stores, nets).values()}.values())
+    first = sources[0]
+    keep = first.ok.copy()
+    notes = []
+    if (~first.ok).any():
+        notes.append(f"{int((~first.ok).sum())} images failed extraction in {first.path.name}")
+    for other in sources[1:]:
+        rows = other.find(first.ids)
+        absent = (rows < 0) & keep
+        failed = (rows >= 0) & keep & ~other.ok[np.maximum(rows, 0)]
+        if absent.any():
+            notes.append(f"{int(absent.sum())} images are missing from {other.path.name}")
+        if failed.any():
+            notes.append(f"{int(failed.sum())} images failed extraction in {other.path.name}")
+        keep &= ~absent & ~failed
+    return [i for i, k in zip(first.ids, keep) if k], notes
+
+
+def store_ids(
+    stores: Sequence[FeatureStore | str | os.PathLike],
+    ids: Sequence[str],
+    spec: FeatureSpec,
+    role: str = "",
+) -> list[str]:
+    """``ids`` as the store holding ``spec.nets[0]`` names them (with their file extension),
+    so that ids from different label files can be compared; refuses ids it lacks."""
+    stores = open_stores(stores)
+    store = net_sources(stores, spec.nets)[spec.nets[0]]
+    rows = _check_rows(store, list(ids), role)
+    return [store.ids[r] for r in rows]
+
+
+def model_matrix(
+    record: Mapping[str, Any],
+    stores: Sequence[FeatureStore | str | os.PathLike],
+    ids: Sequence[str],
+    model: str = "the model",
+    role: str = "",
+) -> np.ndarray:
+    """A model's design matrix for ``ids``: built with the feature spec the model records,
+    after checking that the stores hold the features it was fit on.
+
+    Args:
+        record: The model's spec, holding ``features`` and ``provenance`` (see
+            :func:`feature_record`), as :func:`vggfeat.svm.load_svm` returns it.
+        stores: Stores (or paths) holding the model's nets.
+        ids: Image ids.
+        model: Name of the model for messages.
+        role: Word for messages, e.g. 'test'.
+
+    Raises:
+        FeatureError: The record lacks the feature spec, or rows are missing or failed.
+        SettingsMismatch: The stores' features differ from the model's.
+    """
+    if "features" not in record or "provenance" not in record:
+        raise FeatureError(
+            f"{model} records no feature spec and provenance; save it with "
+            "vggfeat.features.feature_record(stores, spec) in its spec (vggfeat svm fit does)."
+        )
+    spec = FeatureSpec.from_dict(record["features"])
+    stores = open_stores(stores)
+    check_provenance(record["provenance"], stores, spec, model=model)
+    return design_matrix(stores, ids, spec, role=role)
+
+
+def predict_store(
+    model: str | os.PathLike | tuple[Any, Mapping[str, Any]],
+    stores: Sequence[FeatureStore | str | os.PathLike],
+    ids: Sequence[str] | None = None,
+) -> tuple[list[str], np.ndarray]:
+    """Per-class scores of images in feature stores, with the features a model was fit on.
+
+    The safe way to apply a model from Python: unlike ``clf.decision_function(X)``, which
+    cannot know what the columns of a raw matrix mean, this builds X with the model's own
+    feature spec and refuses stores whose settings differ from those it was fit on.
+
+    Args:
+        model: A model file (``vggfeat svm fit`` or :func:`vggfeat.svm.save_svm` with a
+            :func:`feature_record` in its spec), or the (classifier, spec) pair
+            :func:`vggfeat.svm.load_svm` returns.
+        stores: Stores (or paths) holding the model's nets.
+        ids: Images to score; default every image all the stores extracted successfully.
+
+    Returns:
+        (ids, scores): scores (N, K) float64, column k for ``classifier.classes_[k]``.
+
+    Example:
+        >>> ids, scores = predict_store("voc07.h5", ["voc07_D.h5", "voc07_E.h5"])
+    """
+    from vggfeat.svm import load_svm
+
+    if isinstance(model, tuple):
+        clf, record = model
+        name = "the model"
+    else:
+        clf, record = load_svm(model)
+        name = os.path.basename(os.fspath(model))
+    stores = open_stores(stores)
+    if ids is None:
+        nets = FeatureSpec.from_dict(record["features"]).nets if "features" in record else None
+        ids = usable_ids(stores, nets)[0]
+    ids = list(ids)
+    x = model_matrix(record, stores, ids, model=name, role="requested")
+    return ids, clf.class_scores(x)

@@ -14,14 +14,19 @@ and lines starting with ``#`` are skipped; fields are stripped):
 - an optional ``split`` column names the split of each row (e.g. ``trainval``); an image's
   rows must agree on it.
 
-The header row is optional. With a header, the columns are found by name (``id``, ``label``,
-``class``, ``split``, in any order). Without one, 2 columns are ``id,label``, 3 are
-``id,class,label`` and 4 are ``id,class,label,split``; a multi-class file with a split column
-needs the header ``id,label,split``.
+The header row is optional. A first row that names a column (``id``, ``label``, ``class``,
+``split``, in any order; the id column may also be called ``filename``, ``file``, ``image``,
+``image_id`` or ``path``) is a header, and the columns are found by name. Without one, 2 columns
+are ``id,label``, 3 are ``id,class,label`` and 4 are ``id,class,label,split``; a multi-class
+file with a split column needs the header ``id,label,split``.
+
+Ids are whole fields (CSV/TSV) or whole lines (id lists): they may contain spaces
+(``golden retriever/img 0.png``). VOC ImageSets files are whitespace-separated by definition.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from collections import Counter
@@ -48,6 +53,8 @@ __all__ = [
 ]
 
 _COLUMNS = ("id", "label", "class", "split")
+# Other names a header may give the id column (e.g. the common ``filename,label``).
+_ID_ALIASES = ("filename", "file", "image", "image_id", "path")
 _MULTILABEL_VALUES = {"1": 1, "+1": 1, "-1": -1, "0": 0}
 _HEADERLESS = {
     2: ("id", "label"),
@@ -73,6 +80,9 @@ class Labels:
         splits: Split name -> ids in that split (e.g. 'trainval', 'test'); may be empty.
         source: Where the labels were read from, for records and messages.
         notes: Things the reader tolerated (e.g. a missing class folder), to show the user.
+        unknown: (N, K) bool, multi-label only: True where no file gives the (image, class)
+            label (a VOC split without that class's file); ``y`` is 0 there. None when every
+            pair is labelled. :meth:`check_labelled` refuses such pairs.
     """
 
     ids: tuple[str, ...]
@@ -82,12 +92,15 @@ class Labels:
     splits: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     source: str = ""
     notes: tuple[str, ...] = ()
+    unknown: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         n, k = len(self.ids), len(self.classes)
         want = (n, k) if self.multilabel else (n,)
         if self.y.shape != want:
             raise LabelsError(f"Labels y has shape {self.y.shape}, expected {want}.")
+        if self.unknown is not None and self.unknown.shape != want:
+            raise LabelsError(f"Labels unknown has shape {self.unknown.shape}, expected {want}.")
         if len(set(self.ids)) != n:
             raise LabelsError(f"Labels from {self.source or 'input'} repeat image ids.")
         if len(set(self.classes)) != k:
@@ -116,9 +129,34 @@ class Labels:
                 f"(e.g. {_examples(missing)}); use ids that the labels list."
             )
         rows = np.array([index[i] for i in ids], dtype=np.int64)
+        unknown = None if self.unknown is None else self.unknown[rows]
         return Labels(
-            tuple(ids), self.classes, self.y[rows], self.multilabel, {}, self.source, self.notes
-        )
+            tuple(ids), self.classes, self.y[rows], self.multilabel, {}, self.source, self.notes,
+            unknown,
+        )  # fmt: skip
+
+    def check_labelled(self, classes: Sequence[str] | None = None, role: str = "") -> None:
+        """Refuse (image, class) pairs that no labels file gives, for ``classes`` (default all).
+
+        A VOC split whose class file is missing leaves that class unlabelled for the split's
+        images; treating them as absent (or ignoring them) would silently change the class's
+        training set and AP.
+
+        Raises:
+            LabelsError: Naming the class, the count and example ids.
+        """
+        if self.unknown is None:
+            return
+        for name in self.classes if classes is None else classes:
+            col = self.unknown[:, self.classes.index(name)]
+            if col.any():
+                what = f"{role} images" if role else "images"
+                missing = [self.ids[i] for i in np.flatnonzero(col)]
+                raise LabelsError(
+                    f"No labels for class {name} for {len(missing)} of {len(self)} {what} in "
+                    f"{self.source} (e.g. {_examples(missing)}); give that class's file for the "
+                    "split (VOC: <class>_<split>.txt)."
+                )
 
     def counts(self) -> dict[str, dict[str, int]]:
         """Per class: images that are positive, negative and difficult (multi-label only)."""
@@ -126,10 +164,11 @@ class Labels:
         for k, name in enumerate(self.classes):
             if self.multilabel:
                 col = self.y[:, k]
+                known = np.ones(len(col), bool) if self.unknown is None else ~self.unknown[:, k]
                 out[name] = {
                     "positive": int((col == 1).sum()),
                     "negative": int((col == -1).sum()),
-                    "difficult": int((col == 0).sum()),
+                    "difficult": int(((col == 0) & known).sum()),
                 }
             else:
                 pos = int((self.y == k).sum())
@@ -147,18 +186,31 @@ def _examples(items: Sequence[str], n: int = 3) -> str:
 def read_labels(path: str | os.PathLike) -> Labels:
     """Read labels from a CSV/TSV file, a VOC ``ImageSets/Main`` folder or class folders.
 
-    A file is read as CSV/TSV (:func:`read_labels_table`). A folder holding
-    ``ImageSets/Main`` or ``<class>_<split>.txt`` files is read as VOC (:func:`read_voc`);
-    any other folder as one sub-folder per class (:func:`read_class_folders`).
+    A file is read as CSV/TSV (:func:`read_labels_table`). A folder holding ``ImageSets/Main``,
+    or ``<class>_<split>.txt`` files and no sub-folders, is read as VOC (:func:`read_voc`); any
+    other folder as one sub-folder per class (:func:`read_class_folders`), where stray text
+    files (e.g. a ``train_ids.txt`` beside the class folders) are ignored with a note.
     """
     path = Path(path)
     if path.is_file():
         return read_labels_table(path)
     if not path.is_dir():
         raise LabelsError(f"Labels {path} do not exist: give a CSV/TSV file or a folder.")
-    if (path / "ImageSets" / "Main").is_dir() or any(_voc_files(path)):
+    if (path / "ImageSets" / "Main").is_dir():
         return read_voc(path)
-    return read_class_folders(path)
+    voc_like = [p.name for _, _, p in _voc_files(path)]
+    if voc_like and not _sub_folders(path):
+        return read_voc(path)
+    labels = read_class_folders(path)
+    if voc_like:
+        note = f"ignored {', '.join(voc_like[:3])} in {path}: it holds class folders, not VOC files"
+        labels = Labels(labels.ids, labels.classes, labels.y, False, labels.splits,
+                        labels.source, (*labels.notes, note))  # fmt: skip
+    return labels
+
+
+def _sub_folders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def _sniff_delimiter(line: str) -> str:
@@ -187,13 +239,21 @@ def _table_rows(path: Path) -> list[tuple[int, list[str]]]:
 def _columns(path: Path, rows: list[tuple[int, list[str]]]) -> tuple[dict[str, int], int]:
     """Column index of each named field, and the number of header lines (0 or 1)."""
     first = [f.lower() for f in rows[0][1]]
-    if "id" in first:
+    if any(f in _COLUMNS or f in _ID_ALIASES for f in first):
+        aliased = [f for f in first if f in _ID_ALIASES]
+        if "id" not in first and len(aliased) == 1:
+            first = ["id" if f == aliased[0] else f for f in first]
         unknown = [f for f in first if f not in _COLUMNS]
         if unknown or len(set(first)) != len(first):
             raise LabelsError(
                 f"{path} line {rows[0][0]}: header {','.join(rows[0][1])!r} must name each of "
                 f"{', '.join(_COLUMNS)} at most once "
                 f"(unknown or repeated: {','.join(unknown) or 'repeat'})."
+            )
+        if "id" not in first:
+            raise LabelsError(
+                f"{path} line {rows[0][0]}: header has no id column; name it id (or "
+                f"{', '.join(_ID_ALIASES)})."
             )
         if "label" not in first:
             raise LabelsError(f"{path} line {rows[0][0]}: header has no 'label' column.")
@@ -311,13 +371,21 @@ def _multilabel_labels(
     values: Mapping[tuple[str, str], int],
     splits: Mapping[str, tuple[str, ...]],
     source: str,
+    absent_known: bool = True,
 ) -> Labels:
+    """Labels from (id, class) -> value; a pair without a value is -1 (absent) if
+    ``absent_known``, else unknown (y 0, marked in ``Labels.unknown``)."""
     row = {id_: i for i, id_ in enumerate(ids)}
     col = {c: k for k, c in enumerate(classes)}
-    y = np.full((len(ids), len(classes)), -1, dtype=np.int8)  # no row means absent
+    y = np.full((len(ids), len(classes)), -1 if absent_known else 0, dtype=np.int8)
+    unknown = None if absent_known else np.ones(y.shape, bool)
     for (id_, cls), value in values.items():
         y[row[id_], col[cls]] = value
-    return Labels(tuple(ids), tuple(classes), y, True, dict(splits), source)
+        if unknown is not None:
+            unknown[row[id_], col[cls]] = False
+    if unknown is not None and not unknown.any():
+        unknown = None
+    return Labels(tuple(ids), tuple(classes), y, True, dict(splits), source, (), unknown)
 
 
 _VOC_FILE = re.compile(r"^(?P<cls>.+)_(?P<split>[^_]+)\.txt$")
@@ -335,7 +403,9 @@ def read_voc(folder: str | os.PathLike) -> Labels:
 
     Reads every ``<class>_<split>.txt`` (lines ``<id> <label>``, label 1, -1 or 0) and records
     each split's ids (e.g. 'train', 'val', 'trainval', 'test'). An image listed in several
-    files must have the same label in each.
+    files must have the same label in each, and the class files of one split must all list
+    the same images (a truncated file is refused, never read as negatives). A class without a
+    file for a split leaves its pairs unknown (:meth:`Labels.check_labelled` refuses them).
     """
     folder = Path(folder)
     if (folder / "ImageSets" / "Main").is_dir():
@@ -348,9 +418,10 @@ def read_voc(folder: str | os.PathLike) -> Labels:
     values: dict[tuple[str, str], int] = {}
     where: dict[tuple[str, str], str] = {}
     members: dict[str, dict[str, None]] = {}
+    listed: dict[str, dict[Path, set[str]]] = {}  # split -> class file -> its ids
     ids: dict[str, None] = {}
     for cls, split, path in files:
-        seen: set[str] = set()
+        seen: set[str] = listed.setdefault(split, {}).setdefault(path, set())
         for n, line in enumerate(path.read_text().splitlines(), start=1):
             fields = line.split()
             if not fields:
@@ -372,9 +443,24 @@ def read_voc(folder: str | os.PathLike) -> Labels:
             where.setdefault((id_, cls), path.name)
             members.setdefault(split, {})[id_] = None
             ids.setdefault(id_)
+    for split, by_file in listed.items():
+        _check_same_ids(split, by_file)
     classes = sorted({cls for cls, _, _ in files})
     splits = {name: tuple(m) for name, m in members.items()}
-    return _multilabel_labels(list(ids), classes, values, splits, str(folder))
+    return _multilabel_labels(list(ids), classes, values, splits, str(folder), absent_known=False)
+
+
+def _check_same_ids(split: str, by_file: Mapping[Path, set[str]]) -> None:
+    """Refuse class files of one VOC split that do not all list the same images."""
+    union = set().union(*by_file.values())
+    path, ids = max(by_file.items(), key=lambda item: len(union - item[1]))
+    missing = sorted(union - ids)
+    if missing:
+        raise LabelsError(
+            f"{path.name} lists {len(ids)} images but the {split!r} class files together list "
+            f"{len(union)}: {len(missing)} are missing from it (e.g. {_examples(missing)}); "
+            f"every <class>_{split}.txt must list the same images (is it truncated?)."
+        )
 
 
 def read_class_folders(root: str | os.PathLike, classes: Sequence[str] | None = None) -> Labels:
@@ -394,7 +480,7 @@ def read_class_folders(root: str | os.PathLike, classes: Sequence[str] | None = 
     root = Path(root)
     if not root.is_dir():
         raise LabelsError(f"Class folder root {root} does not exist.")
-    present = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    present = _sub_folders(root)
     wanted = sorted(classes) if classes is not None else present
     notes = [f"class {c!r} has no folder in {root}; skipped" for c in wanted if c not in present]
     folders = [root / c for c in wanted if c in present]
@@ -423,12 +509,15 @@ def read_class_folders(root: str | os.PathLike, classes: Sequence[str] | None = 
 
 
 def read_id_list(path: str | os.PathLike) -> list[str]:
-    """Ids listed in a text file: the first field of each non-blank, non-'#' line."""
+    """Ids listed in a text file, one per line, each the whole line (only the line end is
+    stripped, so ids may hold spaces); blank lines and lines starting with '#' are skipped."""
     path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise LabelsError(f"Id list {path} is not UTF-8 text ({exc.reason}).") from None
     ids = [
-        line.split()[0]
-        for line in path.read_text(encoding="utf-8-sig").splitlines()
-        if line.strip() and not line.lstrip().startswith("#")
+        line.rstrip("\r") for line in text.split("\n") if line.strip() and not line.startswith("#")
     ]
     repeated = [id_ for id_, n in Counter(ids).items() if n > 1]
     if repeated:
@@ -482,7 +571,12 @@ def caltech_split(
 ) -> tuple[list[str], list[str]]:
     """Caltech protocol: per class ``n_train`` random training ids, up to ``n_test`` of the rest.
 
-    The draw depends only on the ids of each class (sorted) and ``seed``, not on reading order.
+    Each class's images are ranked by a hash of (seed, class name, image id); the first
+    ``n_train`` are its training images and the next ``n_test`` its test images. A class's draw
+    therefore depends only on the seed, its name and its own ids: not on reading order, nor on
+    which other classes are present or how many images they hold. With the same N_TRAIN and
+    seed, every N_TEST gives the same training part, and adding or removing an image changes a
+    class's training part by at most that image.
 
     Returns:
         (train ids, test ids), each grouped by class in ``labels.classes`` order.
@@ -490,22 +584,26 @@ def caltech_split(
     protocol = CaltechSplit(n_train, n_test, seed)
     if labels.multilabel:
         raise LabelsError("The Caltech split needs multi-class labels (one class per image).")
-    rng = np.random.default_rng(protocol.seed)
     ids = np.array(labels.ids, dtype=object)
     train: list[str] = []
     test: list[str] = []
     for k, cls in enumerate(labels.classes):
-        members = sorted(ids[labels.y == k])
+        members = ids[labels.y == k].tolist()
         if len(members) < n_train:
             raise LabelsError(
                 f"Class {cls!r} has {len(members)} images, fewer than the {n_train} training "
                 f"images of split {protocol}; use a smaller N_TRAIN."
             )
-        order = [members[i] for i in rng.permutation(len(members))]
+        order = sorted(members, key=lambda id_: _draw_key(protocol.seed, cls, id_))
         rest = order[n_train:] if n_test is None else order[n_train : n_train + n_test]
         train += order[:n_train]
         test += rest
     return train, test
+
+
+def _draw_key(seed: int, cls: str, id_: str) -> bytes:
+    """A uniformly random-looking rank of an image in its class's draw, fixed by its inputs."""
+    return hashlib.sha256(f"vggfeat-caltech\0{seed}\0{cls}\0{id_}".encode()).digest()
 
 
 def resolve_split(labels: Labels, split: str, part: str = "train") -> list[str]:

@@ -53,11 +53,8 @@ def _check_scores_labels(scores: Any, labels: Any) -> tuple[np.ndarray, np.ndarr
             f"labels must be VOC labels 1 (positive), -1 (negative), 0 (difficult); got "
             f"{sorted(values - {1, -1, 0})[:5]}."
         )
-    if 0 in values and -1 not in values:
-        raise VggfeatError(
-            "labels contain 0 but no -1: vggfeat uses VOC labels (1 positive, -1 negative, "
-            "0 difficult and ignored); map negatives to -1."
-        )
+    # Positives and difficult images without negatives are a valid VOC column (AP 1), so a
+    # 0/1 indicator column cannot be told apart here; callers convert indicators (0 -> -1).
     return s, g.astype(np.int8)
 
 

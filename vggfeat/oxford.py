@@ -491,7 +491,7 @@ def _keras_dataset_paths(root: Any) -> list[str]:
     paths: list[str] = []
     for layer in map(_h5_text, root.attrs["layer_names"]):
         if layer not in root:
-            raise KeyError(layer)
+            raise KeyError(f"/{layer}")
         group = root[layer]
         if "weight_names" in group.attrs:
             paths += [f"{layer}/{_h5_text(w)}" for w in group.attrs["weight_names"]]
@@ -520,9 +520,11 @@ def read_keras(path: str | os.PathLike) -> SourceModel:
                 for k in ("keras_version", "backend")
                 if k in source.attrs
             }
-    except KeyError:
+    except KeyError as exc:
+        # A layer named in layer_names but absent is raised before any dataset key is read.
+        missing = f"layer {exc.args[0]!r}" if key == "/" and exc.args else f"HDF5 key {key!r}"
         raise WeightsError(
-            f"{path.name}: HDF5 key {key!r} is listed in the file but missing: the file is "
+            f"{path.name}: {missing} is listed in the file but missing: the file is "
             "truncated or damaged; download it again."
         ) from None
     except (OSError, ValueError, RuntimeError) as exc:

@@ -7,11 +7,13 @@ same numbers. Plots use matplotlib's object API (no pyplot state), so they work 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
 import os
 import re
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -98,14 +100,15 @@ def evaluate_multiclass(
         scores: (N, K) SVM decision values; column k is class k.
         y_true: (N,) true class indices.
         classes: (K,) class names.
-        top_k: The k of the second top-k error (capped at K).
+        top_k: The k of the second top-k error. Its key is ``top{top_k}_error`` whatever K, so
+            scripts can rely on it; with K <= k every class is in the top k and it is 0.
     """
     from vggfeat.metrics import mean_class_recall, top_k_error
 
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = np.argmax(scores, axis=1)
     recalls = _per_class_recall(y_true, y_pred, len(classes))
-    k = min(top_k, len(classes))
+    k = int(top_k)
     return {
         "task": "multiclass",
         "metric": "recall",
@@ -116,7 +119,7 @@ def evaluate_multiclass(
         ],
         "mean_class_recall": float(mean_class_recall(y_true, y_pred)),
         "top1_error": float(top_k_error(scores, y_true, 1)),
-        f"top{k}_error": float(top_k_error(scores, y_true, k)),
+        f"top{k}_error": float(top_k_error(scores, y_true, min(k, len(classes)))),
         "top_k": k,
     }
 
@@ -164,11 +167,21 @@ def fit_table(
     chosen_c: Sequence[float],
     counts: Mapping[str, Mapping[str, int]],
     cv_scores: np.ndarray | None = None,
+    selection: str = "cv",
 ) -> str:
-    """Per class: training counts, the chosen C and (when C was selected) its mean validation AP."""
+    """Per class: training counts, the chosen C and (when C was selected) its mean validation AP.
+
+    Args:
+        classes: (K,) names of the one-vs-rest problems (rows).
+        chosen_c: (K,) C of each problem.
+        counts: Per name, the ``positive``, ``negative`` and ``difficult`` (left out) examples
+            the problem was trained on.
+        cv_scores: (K, M) validation AP per C, or None when no C was selected.
+        selection: How C was selected, 'cv' or 'holdout' (the AP column's header).
+    """
     difficult = any(c["difficult"] for c in counts.values())
     headers = ["class", "pos", "neg", *(["difficult"] if difficult else []), "C"]
-    headers += ["cv AP"] if cv_scores is not None else []
+    headers += [f"{selection} AP"] if cv_scores is not None else []
     rows = []
     for k, name in enumerate(classes):
         row = [name, counts[name]["positive"], counts[name]["negative"]]
@@ -216,6 +229,21 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "class"
 
 
+def _file_stems(names: Sequence[str]) -> list[str]:
+    """One distinct, file-system-safe stem per name.
+
+    A name that had to be changed to be safe (``dog adult``, ``dog/adult``), or whose safe form
+    collides with another's even ignoring case, gets a short hash of the name, so two classes
+    never share a file.
+    """
+    safe = [_safe_name(n) for n in names]
+    seen = Counter(s.lower() for s in safe)
+    return [
+        s if s == n and seen[s.lower()] == 1 else f"{s}-{hashlib.sha1(n.encode()).hexdigest()[:8]}"
+        for n, s in zip(names, safe)
+    ]
+
+
 def _save(fig: Any, path: Path, dpi: int = 100) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi)
@@ -231,6 +259,9 @@ def plot_pr_curves(
 ) -> list[Path]:
     """One precision-recall PNG per class with positives, ``pr_<class>.png``, titled with its AP.
 
+    Class names that are not safe file names (spaces, '/', ...) or that collide get a short
+    hash of the name: ``pr_dog_adult-1a2b3c4d.png``.
+
     Args:
         folder: Where to write the PNGs (created if needed).
         scores: (N, K) decision values.
@@ -243,6 +274,7 @@ def plot_pr_curves(
 
     folder = Path(folder)
     paths = []
+    stems = _file_stems([entry["class"] for entry in results["per_class"]])
     for k, entry in enumerate(results["per_class"]):
         if entry["ap"] is None:  # no positive: no curve
             continue
@@ -260,7 +292,7 @@ def plot_pr_curves(
             f"{entry['positive']} positives, {entry['difficult']} difficult ignored"
         )
         fig.tight_layout()
-        paths.append(_save(fig, folder / f"pr_{_safe_name(entry['class'])}.png"))
+        paths.append(_save(fig, folder / f"pr_{stems[k]}.png"))
     return paths
 
 

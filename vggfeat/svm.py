@@ -18,17 +18,36 @@ the projected gradient over all coordinates is at most ``tol``. Chosen Cs are re
 training rows, warm-started from the fold solutions, and the weights ``w = sum_i a_i y_i x_i``
 are formed once at the end.
 
-Model files (HDF5, no pickle; format ``vggfeat-svm`` version 1):
+When that Gram matrix would exceed ``max_gram_bytes`` (``solver="auto"``), the squared-hinge
+problems are solved instead in the primal by :mod:`vggfeat.primal`, over X in row chunks
+(memory O(N D + (N + D) P), no N x N matrix); ``solver_`` records which ran.
 
-    /            attrs: format, format_version, params (JSON), spec (JSON), versions (JSON),
-                        created, target ("multiclass" | "multilabel")
-    /classes     (K,) utf-8 strings; attrs: kind (str|int|float|bool), dtype (numpy dtype)
-    /coef        (K, D) float64
-    /intercept   (K,) float64
-    /C           (K,) float64: the C used for each class
+Targets, as scikit-learn reads them: a 1-D ``y`` of class labels is multi-class one-vs-rest
+(a binary ``y`` is one problem whose positive class is ``classes_[1]``, as in LinearSVC); a
+2-D ``y`` is multi-label, one problem per column, read as a 0/1 indicator matrix
+(``label_format="indicator"``, the default) or as VOC labels 1 / -1 / 0, with 0 (difficult)
+rows left out of that column's problem (``label_format="voc"``).
+
+Model files (HDF5, no pickle; format ``vggfeat-svm`` version 2):
+
+    /            attrs: format, format_version, params (JSON; with "solver_", the solver that
+                        ran), spec (JSON), versions (JSON), created,
+                        target ("multiclass" | "multilabel"),
+                        label_format ("classes" | "indicator" | "voc"),
+                        target_dtype (numpy dtype of the fitted y, for multi-label predict)
+    /classes     (K,) utf-8 strings: the class labels (multi-label: the class names, or the
+                 column numbers when none were given); attrs: kind (str|int|float|bool),
+                 dtype (numpy dtype)
+    /coef        (P, D) float64: one row per problem (P = K, or 1 for a binary y)
+    /intercept   (P,) float64
+    /C           (P,) float64: the C used for each problem
     /Cs          (M,) float64: the grid searched
-    /cv_scores   (K, M) float64: mean validation AP per class and C (NaN where not measured)
-    /n_iter      (K,) int64: epochs of the final fit per class
+    /cv_scores   (P, M) float64: mean validation AP per problem and C (NaN where not measured)
+    /n_iter      (P,) int64: epochs (dual) or Newton iterations (primal) of the final fit
+
+Version 1 files (before the label semantics were recorded) still load: as VOC-labelled, with
+the class names taken from the spec where ``vggfeat svm fit`` recorded them, and a
+:class:`ModelFormatWarning`.
 """
 
 from __future__ import annotations
@@ -45,21 +64,32 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.linalg.blas import dger as _ger
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.exceptions import ConvergenceWarning
+from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
 from sklearn.utils import check_random_state
 from sklearn.utils.validation import check_is_fitted
 
 from vggfeat.errors import VggfeatError
-from vggfeat.files import publish
+from vggfeat.files import publish_stream
 from vggfeat.metrics import average_precision
 from vggfeat.versions import software_versions
 
-__all__ = ["DEFAULT_CS", "FORMAT", "LOSSES", "SVMClassifier", "load_svm", "save_svm"]
+__all__ = [
+    "DEFAULT_CS",
+    "FORMAT",
+    "LABEL_FORMATS",
+    "LOSSES",
+    "ModelFormatWarning",
+    "SVMClassifier",
+    "SOLVERS",
+    "SVMInputError",
+    "load_svm",
+    "save_svm",
+]
 
 #: Default grid of C: 10^-2 .. 10^1.5 in half-decade steps (8 values). For L2-normalised,
 #: non-negative descriptors every |x| = 1, so C is the weight of one margin violation against
@@ -68,14 +98,36 @@ __all__ = ["DEFAULT_CS", "FORMAT", "LOSSES", "SVMClassifier", "load_svm", "save_
 DEFAULT_CS: tuple[float, ...] = tuple(float(10.0**e) for e in np.arange(-2.0, 1.75, 0.5))
 
 LOSSES = ("hinge", "squared_hinge")
+#: How a 2-D y is read: a 0/1 indicator matrix (scikit-learn's) or VOC labels 1 / -1 / 0.
+LABEL_FORMATS = ("indicator", "voc")
+SOLVERS = ("auto", "dual", "primal")
 FORMAT = "vggfeat-svm"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 _BLOCK = 256  # coordinates per block: one (N, B) x (B, P) product per block
 _GRAM_BLOCK = 512  # rows per block of the Gram matrix
 _PREDICT_ROWS = 2048
+#: Default largest N x N float64 Gram matrix (bytes) the dual path builds; above it "auto"
+#: uses the primal solver. 4 GiB: N = 23,170 (Caltech-256's 15,420 training images fit).
+MAX_GRAM_BYTES = 4 << 30
 
 Progress = Callable[[int, int], None]
+
+
+class SVMInputError(VggfeatError, ValueError):
+    """Invalid data or parameters given to :class:`SVMClassifier`.
+
+    A ``ValueError``, as scikit-learn expects of estimators (``GridSearchCV`` and the
+    conformance checks rely on it), and a ``VggfeatError``, so the CLI prints it as one line.
+    """
+
+
+class _SVMTypeError(SVMInputError, TypeError):
+    """X holds values that are not numbers (a TypeError, as ``np.asarray`` raises it)."""
+
+
+class ModelFormatWarning(UserWarning):
+    """A model file of an older format was read; what it lacks is said in the message."""
 
 
 class SVMClassifier(ClassifierMixin, BaseEstimator):
@@ -101,23 +153,43 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         max_iter: Maximum epochs (passes over the coordinates) per problem.
         device: ``"auto"`` (CUDA when available, else CPU), ``"cpu"``, ``"cuda"`` or
             ``"cuda:N"``; where the Gram matrix and matrix products run.
+        solver: ``"dual"``: dual coordinate descent on one shared (N, N) float64 Gram matrix
+            (both losses). ``"primal"``: :mod:`vggfeat.primal`'s finite Newton method over X
+            in row chunks, memory O(N D + (N + D) P), squared hinge only; its ``tol`` is
+            liblinear's primal rule (relative gradient norm), as in
+            ``LinearSVC(dual=False)``. ``"auto"``: dual while the Gram matrix takes at most
+            ``max_gram_bytes``, else primal.
+        max_gram_bytes: Largest Gram matrix (8 N^2 bytes) ``"auto"`` builds.
         random_state: Seed for the folds and the coordinate order.
         verbose: Print stages, epochs and timings to stderr.
+        label_format: How a 2-D ``y`` is read: ``"indicator"`` (scikit-learn's 0/1 multi-label
+            indicator matrix, 0 = negative) or ``"voc"`` (1 positive, -1 negative, 0 difficult:
+            left out of that class's problem). A 2-D ``y`` that fits neither is refused.
+        class_names: Names of the columns of a 2-D ``y`` (become ``classes_``); default the
+            column numbers.
 
     Attributes:
         classes_: (K,) class labels (multi-class: sorted unique ``y``; multi-label:
-            ``arange(K)``).
-        coef_: (K, D) weights. intercept_: (K,) biases (``s * b``).
-        C_: (K,) C used per class. Cs_: (M,) grid searched (``[C]`` without a grid).
-        cv_scores_: (K, M) mean validation AP (NaN where not measured).
-        n_iter_: (K,) epochs of the final fit. n_features_in_: D.
+            ``class_names`` or ``arange(K)``).
+        coef_: (P, D) weights, one row per problem: P = K, except P = 1 for a binary ``y``
+            (positive class ``classes_[1]``, as in scikit-learn). intercept_: (P,) biases
+            (``s * b``).
+        C_: (P,) C used per problem. Cs_: (M,) grid searched (``[C]`` without a grid).
+        cv_scores_: (P, M) mean validation AP (NaN where not measured).
+        n_iter_: (P,) epochs (dual) or Newton iterations (primal) of the final fit.
+        n_features_in_: D. solver_: The solver that ran, ``"dual"`` or ``"primal"``.
         cv_fold_: (N,) validation part of each training row in the C selection (-1: used
             only for training); None without selection.
-        multilabel_: Whether ``y`` was a (N, K) VOC label matrix.
+        multilabel_: Whether ``y`` was 2-D (one problem per column).
+        label_format_: How ``y`` was read: ``"classes"`` (1-D), ``"indicator"`` or ``"voc"``.
+
+    ``decision_function`` and ``predict`` take any matrix with D columns: they cannot check
+    that its columns are the features the model was fit on. For feature stores, build X with
+    the model's own spec: :func:`vggfeat.features.predict_store` (or ``vggfeat svm predict``).
 
     Example:
-        >>> clf = SVMClassifier(Cs=DEFAULT_CS).fit(X_train, Y_train)  # Y_train (N, 20) in 1/-1/0
-        >>> scores = clf.decision_function(X_test)                     # (N_test, 20)
+        >>> clf = SVMClassifier(Cs=DEFAULT_CS, label_format="voc").fit(X_train, Y_train)
+        >>> scores = clf.decision_function(X_test)  # (N_test, 20); Y_train (N, 20) in 1/-1/0
     """
 
     def __init__(
@@ -134,6 +206,10 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         device: str = "auto",
         random_state: Any = 0,
         verbose: bool = False,
+        label_format: str = "indicator",
+        class_names: Sequence[str] | None = None,
+        solver: str = "auto",
+        max_gram_bytes: int = MAX_GRAM_BYTES,
     ) -> None:
         self.C = C
         self.Cs = Cs
@@ -147,6 +223,10 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         self.device = device
         self.random_state = random_state
         self.verbose = verbose
+        self.label_format = label_format
+        self.class_names = class_names
+        self.solver = solver
+        self.max_gram_bytes = max_gram_bytes
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -158,23 +238,30 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         """Choose C per class (if ``Cs``) and fit one linear SVM per class.
 
         Args:
-            X: (N, D) features (finite; float32 recommended).
-            y: (N,) class labels of any sortable type, one-vs-rest; or (N, K) VOC labels in
-                {1, -1, 0}, one problem per column, 0 (difficult) rows left out of that
-                column's problem.
+            X: (N, D) features (finite; float32 recommended). Dense: sparse matrices are
+                refused.
+            y: (N,) class labels of any sortable type, one-vs-rest (two classes: one
+                problem); or (N, K) multi-label targets, one problem per column, read as
+                ``label_format`` says. An (N, 1) y is a column vector of class labels, as in
+                scikit-learn (with its DataConversionWarning), unless ``label_format="voc"``,
+                where it is one VOC class.
             progress: Called as ``progress(done, total)`` as work finishes; the units are
                 blocks of the Gram matrix and (class, C, fold) problems.
 
         Returns:
             self.
+
+        Raises:
+            SVMInputError: Invalid parameters, X or y (a ValueError).
         """
         import torch
 
         from vggfeat.devices import resolve_device
 
         opts = _check_params(self)
-        X = _check_X(X, "X")
-        Y, classes, multilabel = _encode_targets(y, len(X))
+        X = _check_X(X)
+        targets = _encode_targets(y, len(X), self.label_format, self.class_names)
+        Y, classes, multilabel = targets.Y, targets.classes, targets.kind != "classes"
         n, dim = X.shape
         K = Y.shape[1]
         rng = np.random.default_rng(check_random_state(self.random_state).randint(2**31 - 1))
@@ -183,28 +270,37 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         log = _Log(self.verbose)
         grid = opts["Cs"]
         select = grid is not None and len(grid) > 1
-        splits = _make_splits(Y, multilabel, opts, rng) if select else []
-        n_gram = math.ceil(n / _GRAM_BLOCK)
+        splits = _make_splits(targets.strata, opts, rng) if select else []
+        solver = _choose_solver(opts, n, self.loss)
+        n_gram = math.ceil(n / _GRAM_BLOCK) if solver == "dual" else 0
         total = n_gram + K * (len(grid) if select else 0) * len(splits) + K
         ticker = _Ticker(progress, total)
         squared = self.loss == "squared_hinge"
         scale = float(self.intercept_scaling) if self.fit_intercept else 0.0
 
         t0 = time.perf_counter()
-        gram = _gram(X, scale, device, dtype, ticker)
-        log(f"Gram {n}x{n} from D={dim} on {device}: {time.perf_counter() - t0:.1f}s")
+        if solver == "dual":
+            gram = _gram(X, scale, device, dtype, ticker)
+            log(f"Gram {n}x{n} from D={dim} on {device}: {time.perf_counter() - t0:.1f}s")
+        else:
+            log(f"primal solver: {n}x{dim} X, Gram would take {8 * n * n / 2**30:.1f} GiB")
         Cs = np.array([float(self.C)]) if grid is None else grid
         scores = np.full((K, len(Cs)), np.nan)
         chosen, warm = np.full(K, Cs[0]), None
         if select:
-            scores, warm = _cross_validate(gram, Y, splits, Cs, squared, opts, rng, ticker, log)
+            if solver == "dual":
+                scores, warm = _cross_validate(gram, Y, splits, Cs, squared, opts, rng, ticker, log)
+            else:
+                scores, warm = _cross_validate_primal(
+                    X, Y, splits, Cs, scale, opts, device, ticker, log
+                )
             for k in range(K):
                 if np.isnan(scores[k]).all():
-                    raise VggfeatError(
-                        f"Class {classes[k]!r} has no positive example in any validation part "
-                        f"({int((Y[:, k] > 0).sum())} positives in all), so C cannot be "
-                        "chosen for it; use more folds (cv) instead of holdout, a larger "
-                        "holdout, or fix C (Cs=None)."
+                    raise SVMInputError(
+                        f"Class {_show(targets.problems[k])} has no positive example in any "
+                        f"validation part ({int((Y[:, k] > 0).sum())} positives in all), so C "
+                        "cannot be chosen for it; use more folds (cv) instead of holdout, a "
+                        "larger holdout, or fix C (Cs=None)."
                     )
             # Ties go to the larger C. Validation AP saturates on easy classes; the smallest
             # such C shrinks w until the scores are mostly bias, and one-vs-rest classes fitted
@@ -218,18 +314,31 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
             warm = warm[:, np.arange(K) * len(Cs) + best]
 
         t1 = time.perf_counter()
-        alpha, n_iter = _solve_dual(
-            gram, np.arange(n), Y, chosen, squared, opts, rng, alpha0=warm, ticker=ticker,
-            what="final fit",
-        )  # fmt: skip
-        del gram
-        beta = alpha * Y
-        log(f"final fit: {n} rows, {K} problems, epochs max {n_iter.max()}: "
+        if solver == "dual":
+            alpha, n_iter = _solve_dual(
+                gram, np.arange(n), Y, chosen, squared, opts, rng, alpha0=warm, ticker=ticker,
+                what="final fit",
+            )  # fmt: skip
+            del gram
+            beta = alpha * Y
+            self.coef_ = _weights(beta, X)
+            self.intercept_ = scale * scale * beta.sum(axis=0) if scale else np.zeros(K)
+        else:
+            from vggfeat.primal import solve_primal
+
+            W, n_iter, _ = solve_primal(
+                X, Y, chosen, scale=scale, tol=opts["tol"], max_iter=opts["max_iter"],
+                device=device, W0=warm, ticker=ticker, what="final fit",
+            )  # fmt: skip
+            self.coef_ = np.ascontiguousarray(W[:-1].T)
+            self.intercept_ = scale * W[-1]
+        log(f"final fit ({solver}): {n} rows, {K} problems, iterations max {n_iter.max()}: "
             f"{time.perf_counter() - t1:.1f}s")  # fmt: skip
-        self.coef_ = _weights(beta, X)
-        self.intercept_ = scale * scale * beta.sum(axis=0) if self.fit_intercept else np.zeros(K)
+        self.solver_ = solver
         self.classes_ = classes
         self.multilabel_ = multilabel
+        self.label_format_ = targets.kind
+        self._target_dtype = targets.dtype
         self.C_ = chosen.astype(np.float64)
         self.Cs_ = Cs
         self.cv_scores_ = scores
@@ -244,78 +353,183 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """(N, K) signed distances ``X @ coef_.T + intercept_``, one column per class.
+        """Signed distances ``X @ coef_.T + intercept_``, as scikit-learn shapes them.
 
-        Always (N, K), also with two classes: both one-vs-rest columns are kept (mirror
-        images when both classes have the same C), unlike scikit-learn's (N,) for binary
-        problems, whose decision is this ``[:, 1]``.
+        Returns:
+            (N,) for a binary ``y`` (positive: ``classes_[1]``), else (N, K), one column per
+            class. :meth:`class_scores` always gives (N, K).
+
+        X is only checked for its shape and values: see the class docstring for building it
+        from feature stores with the model's own spec.
+        """
+        scores = self._scores(X)
+        return scores[:, 0] if self._binary else scores
+
+    def class_scores(self, X: Any) -> np.ndarray:
+        """(N, K) scores, column k for ``classes_[k]``, for every target type.
+
+        For a binary ``y`` the columns are ``(-d, d)``, d the decision function, so their
+        argmax is :meth:`predict`; otherwise this is :meth:`decision_function`.
+        """
+        scores = self._scores(X)
+        return np.hstack([-scores, scores]) if self._binary else scores
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Class labels.
+
+        Returns:
+            Multi-class: (N,) ``classes_[argmax]`` (binary: ``classes_[1]`` where the decision
+            is positive). Multi-label: (N, K) in the dtype of the fitted ``y``, 1 where the
+            decision is positive, else 0 (indicator) or -1 (VOC).
+        """
+        scores = self._scores(X)
+        if self.multilabel_:
+            negative = -1 if self.label_format_ == "voc" else 0
+            return np.where(scores > 0, 1, negative).astype(self._target_dtype)
+        if self._binary:
+            return self.classes_[(scores[:, 0] > 0).astype(np.int64)]
+        return self.classes_[np.argmax(scores, axis=1)]
+
+    def score(self, X: Any, y: Any, sample_weight: Any = None) -> float:
+        """How well the model predicts ``y``: higher is better, in [0, 1].
+
+        Multi-class and indicator targets: scikit-learn's accuracy (subset accuracy for
+        multi-label). VOC targets, where accuracy is undefined (difficult images): mean
+        AP ("area", difficult images ignored) over the classes with a positive in ``y``,
+        the criterion that chooses C.
         """
         check_is_fitted(self, "coef_")
-        X = _check_X(X, "X")
-        if X.shape[1] != self.n_features_in_:
-            raise VggfeatError(
-                f"X has {X.shape[1]} features but this SVMClassifier was fitted on "
-                f"{self.n_features_in_}; build the features with the model's feature spec."
+        if self.label_format_ != "voc":
+            return float(super().score(X, y, sample_weight=sample_weight))
+        if sample_weight is not None:
+            raise SVMInputError("score with VOC labels takes no sample_weight (AP is unweighted).")
+        X = _check_X(X, self.n_features_in_)
+        Y = np.asarray(y)
+        if Y.shape != (len(X), len(self.classes_)):
+            raise SVMInputError(
+                f"y must be ({len(X)}, {len(self.classes_)}) VOC labels for this model; got "
+                f"shape {Y.shape}."
             )
-        out = np.empty((len(X), len(self.classes_)))
+        _voc_values(Y)
+        scores = self._scores(X)
+        aps = [
+            average_precision(scores[:, k], Y[:, k], "area")
+            for k in range(Y.shape[1])
+            if (Y[:, k] > 0).any()
+        ]
+        if not aps:
+            raise SVMInputError("y has no positive label (1) in any class: AP is undefined.")
+        return float(np.mean(aps))
+
+    @property
+    def _binary(self) -> bool:
+        return not self.multilabel_ and len(self.classes_) == 2
+
+    def _scores(self, X: Any) -> np.ndarray:
+        """(N, P) float64 ``X @ coef_.T + intercept_``, after checking X."""
+        check_is_fitted(self, "coef_")
+        X = _check_X(X, self.n_features_in_)
+        out = np.empty((len(X), len(self.coef_)))
         for s in range(0, len(X), _PREDICT_ROWS):
             out[s : s + _PREDICT_ROWS] = X[s : s + _PREDICT_ROWS] @ self.coef_.T
         return out + self.intercept_
-
-    def predict(self, X: Any) -> np.ndarray:
-        """Multi-class: (N,) ``classes_[argmax]``. Multi-label: (N, K) int8 in {1, -1} by sign."""
-        scores = self.decision_function(X)
-        if self.multilabel_:
-            return np.where(scores > 0, 1, -1).astype(np.int8)
-        return self.classes_[np.argmax(scores, axis=1)]
 
 
 # ---------------------------------------------------------------------------------------------
 # Validation
 
 
+def _show(value: Any) -> str:
+    """repr of a value as Python writes it ('cat', 3, [0.1, 1.0]), never numpy's
+    (np.str_('cat'), np.int64(3), array([0.1, 1. ]))."""
+    if isinstance(value, (np.generic, np.ndarray)):
+        value = value.tolist()
+    return repr(value)
+
+
+def _show_value(value: float) -> str:
+    """A label value read as float, written as the number it is (1, -1, 0.5, nan)."""
+    return str(int(value)) if float(value).is_integer() else str(float(value))
+
+
 def _check_params(est: SVMClassifier) -> dict[str, Any]:
-    """Validated copies of the estimator's parameters (raises VggfeatError)."""
+    """Validated copies of the estimator's parameters (raises SVMInputError)."""
     if est.loss not in LOSSES:
-        raise VggfeatError(f"Unknown loss {est.loss!r}. Valid losses: {', '.join(LOSSES)}.")
+        raise SVMInputError(f"Unknown loss {_show(est.loss)}. Valid losses: {', '.join(LOSSES)}.")
+    if est.label_format not in LABEL_FORMATS:
+        raise SVMInputError(
+            f"Unknown label_format {_show(est.label_format)}. Valid: indicator (0/1 multi-label "
+            "matrix), voc (1 / -1 / 0 difficult)."
+        )
     if not _positive(est.C):
-        raise VggfeatError(f"C must be a positive finite number; got {est.C!r}.")
+        raise SVMInputError(f"C must be a positive finite number; got {_show(est.C)}.")
     Cs = est.Cs
     if Cs is not None:
         try:
             Cs = np.asarray(Cs, dtype=np.float64).ravel()
         except (TypeError, ValueError):
-            raise VggfeatError(
+            raise SVMInputError(
                 f"Cs must be a sequence of positive numbers (e.g. vggfeat.svm.DEFAULT_CS); "
-                f"got {est.Cs!r}."
+                f"got {_show(est.Cs)}."
             ) from None
         if len(Cs) == 0 or not all(_positive(c) for c in Cs):
-            raise VggfeatError(
+            raise SVMInputError(
                 f"Cs must be a non-empty sequence of positive finite numbers (e.g. "
-                f"vggfeat.svm.DEFAULT_CS); got {est.Cs!r}."
+                f"vggfeat.svm.DEFAULT_CS); got {_show(est.Cs)}."
             )
         Cs = np.unique(Cs)
     holdout = est.holdout
     if holdout is not None and not (_number(holdout) and 0 < holdout < 1):
-        raise VggfeatError(
-            f"holdout must be a fraction in (0, 1) (e.g. 0.2) or None; got {holdout!r}."
+        raise SVMInputError(
+            f"holdout must be a fraction in (0, 1) (e.g. 0.2) or None; got {_show(holdout)}."
         )
     cv = est.cv
     selecting = Cs is not None and len(Cs) > 1 and holdout is None
     if selecting and (isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2):
-        raise VggfeatError(f"cv must be an integer number of folds >= 2; got {cv!r}.")
+        raise SVMInputError(f"cv must be an integer number of folds >= 2; got {_show(cv)}.")
     if est.fit_intercept and not _positive(est.intercept_scaling):
-        raise VggfeatError(
-            f"intercept_scaling must be a positive number; got {est.intercept_scaling!r}."
+        raise SVMInputError(
+            f"intercept_scaling must be a positive number; got {_show(est.intercept_scaling)}."
         )
     if not _positive(est.tol):
-        raise VggfeatError(f"tol must be a positive number; got {est.tol!r}.")
+        raise SVMInputError(f"tol must be a positive number; got {_show(est.tol)}.")
     if isinstance(est.max_iter, bool) or not isinstance(est.max_iter, (int, np.integer)):
-        raise VggfeatError(f"max_iter must be a positive integer; got {est.max_iter!r}.")
+        raise SVMInputError(f"max_iter must be a positive integer; got {_show(est.max_iter)}.")
     if est.max_iter < 1:
-        raise VggfeatError(f"max_iter must be a positive integer; got {est.max_iter!r}.")
+        raise SVMInputError(f"max_iter must be a positive integer; got {_show(est.max_iter)}.")
+    if est.solver not in SOLVERS:
+        raise SVMInputError(
+            f"Unknown solver {_show(est.solver)}. Valid solvers: {', '.join(SOLVERS)}."
+        )
+    if est.solver == "primal" and est.loss != "squared_hinge":
+        raise SVMInputError(
+            f"solver='primal' solves the squared hinge only; got loss={_show(est.loss)}. Use "
+            "loss='squared_hinge' or solver='dual'."
+        )
+    if not _positive(est.max_gram_bytes):
+        raise SVMInputError(
+            f"max_gram_bytes must be a positive number of bytes; got {_show(est.max_gram_bytes)}."
+        )
     return {"Cs": Cs, "cv": cv, "holdout": holdout, "tol": float(est.tol),
-            "max_iter": int(est.max_iter)}  # fmt: skip
+            "max_iter": int(est.max_iter), "solver": est.solver,
+            "max_gram_bytes": float(est.max_gram_bytes)}  # fmt: skip
+
+
+def _choose_solver(opts: dict[str, Any], n: int, loss: str) -> str:
+    """``"dual"`` or ``"primal"``: "auto" builds the Gram matrix only when it fits."""
+    if opts["solver"] != "auto":
+        return opts["solver"]
+    need = 8.0 * n * n
+    if need <= opts["max_gram_bytes"]:
+        return "dual"
+    if loss != "squared_hinge":
+        raise VggfeatError(
+            f"{n} training rows need a {need / 2**30:.1f} GiB Gram matrix, more than "
+            f"max_gram_bytes ({opts['max_gram_bytes'] / 2**30:.1f} GiB), and the primal "
+            f"solver that needs none solves the squared hinge only; use "
+            "loss='squared_hinge' or raise max_gram_bytes."
+        )
+    return "primal"
 
 
 def _number(v: Any) -> bool:
@@ -326,96 +540,238 @@ def _positive(v: Any) -> bool:
     return _number(v) and math.isfinite(v) and v > 0
 
 
-def _check_X(X: Any, name: str) -> np.ndarray:
-    """(N, D) float32 or float64 C-contiguous array of finite values."""
+def _check_X(X: Any, n_features: int | None = None) -> np.ndarray:
+    """(N, D) float32 or float64, C-contiguous, writable array of finite values.
+
+    Args:
+        X: The input.
+        n_features: D the model was fitted on (checked), or None when fitting.
+    """
+    if X is None:
+        raise SVMInputError("X is None; pass an (N, D) array of features.")
     if hasattr(X, "tocsr") or hasattr(X, "toarray"):
-        raise VggfeatError(f"{name} is a sparse matrix; pass a dense array ({name}.toarray()).")
+        raise SVMInputError(
+            "Sparse data was passed for X, but dense data is required: use X.toarray() "
+            "(vggfeat's SVMs take dense descriptors)."
+        )
     try:
         X = np.asarray(X)
     except (TypeError, ValueError) as exc:
-        raise VggfeatError(f"{name} is not a numeric array: {exc}") from None
+        raise SVMInputError(f"X is not a numeric array: {exc}") from None
+    if X.dtype.kind == "c":
+        raise SVMInputError(f"Complex data not supported: X has dtype {X.dtype}.")
+    if X.dtype.kind == "O":
+        try:
+            X = X.astype(np.float64)
+        except (TypeError, ValueError) as exc:
+            raise _SVMTypeError(f"X holds values that are not numbers: {exc}.") from None
     if X.dtype.kind not in "fiub":
-        raise VggfeatError(f"{name} must be numeric; got dtype {X.dtype}.")
+        raise SVMInputError(f"X must be numeric; got dtype {X.dtype}.")
     if X.ndim != 2:
-        raise VggfeatError(f"{name} must be 2-D (N, D); got shape {X.shape}.")
+        hint = (
+            " Reshape your data: X.reshape(-1, 1) for one feature, X.reshape(1, -1) for one sample."
+            if X.ndim < 2
+            else ""
+        )
+        raise SVMInputError(f"X must be 2-D (N, D); got shape {X.shape}.{hint}")
     if X.shape[0] == 0:
-        raise VggfeatError(f"{name} has no rows: nothing to train on or score.")
+        raise SVMInputError(
+            f"X has 0 sample(s) (shape={X.shape}) while a minimum of 1 is required: nothing "
+            "to train on or score."
+        )
     if X.shape[1] == 0:
-        raise VggfeatError(f"{name} has no features (shape {X.shape}).")
+        raise SVMInputError(
+            f"X has 0 feature(s) (shape={X.shape}) while a minimum of 1 is required."
+        )
+    if n_features is not None and X.shape[1] != n_features:
+        raise SVMInputError(
+            f"X has {X.shape[1]} features, but SVMClassifier is expecting {n_features} "
+            "features as input; build X with the model's feature spec "
+            "(vggfeat.features.predict_store)."
+        )
     if X.dtype != np.float64:
         X = X.astype(np.float32, copy=False)
-    X = np.ascontiguousarray(X)
+    X = np.require(X, requirements=["C", "W"])  # torch cannot wrap read-only arrays
     finite = np.isfinite(X).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
         rows = "row" if len(bad) == 1 else "rows"
-        raise VggfeatError(
-            f"{name} has {len(bad)} {rows} with NaN or inf values ({rows} "
+        raise SVMInputError(
+            f"X has {len(bad)} {rows} with NaN or inf values ({rows} "
             f"{', '.join(map(str, bad[:5]))}{', ...' if len(bad) > 5 else ''}); drop them "
             "(failed images are NaN rows in a feature store)."
         )
     return X
 
 
-def _encode_targets(y: Any, n: int) -> tuple[np.ndarray, np.ndarray, bool]:
-    """(N, K) int8 labels in {1, -1, 0}, the classes, and whether y was multi-label."""
-    y = np.asarray(y)
-    if y.ndim not in (1, 2) or len(y) != n:
-        raise VggfeatError(
-            f"y must be (N,) class labels or an (N, K) label matrix with N = {n} rows of X; "
-            f"got shape {y.shape}."
+class _Targets(NamedTuple):
+    """Encoded training targets.
+
+    Y: (N, P) int8 in {1, -1, 0} (0: row not in that problem). classes: (K,) labels.
+    kind: 'classes' (1-D y), 'indicator' or 'voc'. strata: (N,) int stratum of each row for
+    the folds. problems: (P,) label naming each problem. dtype: numpy dtype of y.
+    """
+
+    Y: np.ndarray
+    classes: np.ndarray
+    kind: str
+    strata: np.ndarray
+    problems: np.ndarray
+    dtype: np.dtype
+
+
+def _encode_targets(
+    y: Any, n: int, label_format: str, class_names: Sequence[str] | None
+) -> _Targets:
+    """Read ``y`` as scikit-learn does (see the module docstring); raises SVMInputError."""
+    if y is None:
+        raise SVMInputError("SVMClassifier requires y to be passed, but the target y is None.")
+    if hasattr(y, "tocsr") or hasattr(y, "toarray"):
+        raise SVMInputError("Sparse data was passed for y; pass a dense array (y.toarray()).")
+    try:
+        y = np.asarray(y)
+    except (TypeError, ValueError) as exc:
+        raise SVMInputError(f"y is not an array of labels: {exc}") from None
+    if y.ndim == 2 and y.shape[1] == 1 and label_format == "indicator":
+        warnings.warn(
+            "A column-vector y was passed when a 1d array was expected; read as (N,) class "
+            "labels (use label_format='voc' for one VOC class).",
+            DataConversionWarning,
+            stacklevel=3,
         )
-    if y.ndim == 2:
-        try:
-            values = np.unique(y.astype(np.float64))
-        except (TypeError, ValueError):
-            values = np.array([np.nan])
-        if not np.isin(values, (1, -1, 0)).all():
-            raise VggfeatError(
-                "A 2-D y must hold VOC labels 1 (positive), -1 (negative), 0 (difficult, "
-                f"ignored); got values {values[~np.isin(values, (1, -1, 0))][:5].tolist()}. "
-                "For class labels pass a 1-D y."
+        y = y[:, 0]
+    if y.ndim not in (1, 2) or len(y) != n:
+        raise SVMInputError(
+            f"y must be (N,) class labels or an (N, K) label matrix with N = {n} rows of X; "
+            f"got shape {y.shape} (found input variables with inconsistent numbers of samples)."
+        )
+    if y.dtype.kind == "c":
+        raise SVMInputError(f"Complex data not supported: y has dtype {y.dtype}.")
+    if y.ndim == 1:
+        if class_names is not None:
+            raise SVMInputError(
+                "class_names names the columns of a 2-D y; a 1-D y's classes are its values."
             )
-        Y = y.astype(np.int8)
-        if Y.shape[1] == 0:
-            raise VggfeatError("y has no columns: there is no class to train.")
-        missing = np.flatnonzero(~(Y > 0).any(axis=0))
-        if len(missing):
-            raise VggfeatError(
-                f"Class {int(missing[0])} (column {int(missing[0])} of y) has no positive "
-                f"training example ({len(missing)} such classes); drop it or add examples."
-            )
-        return Y, np.arange(Y.shape[1]), True
+        return _encode_classes(y)
+    return _encode_multilabel(y, label_format, class_names)
+
+
+def _encode_classes(y: np.ndarray) -> _Targets:
+    from sklearn.utils.multiclass import type_of_target
+
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        bad = int((~np.isfinite(y)).sum())
+        raise SVMInputError(f"Input y contains NaN or infinity ({bad} of {len(y)} labels).")
+    try:
+        kind = type_of_target(y, input_name="y")
+    except ValueError as exc:
+        raise SVMInputError(str(exc).splitlines()[0]) from None
+    if kind.startswith("continuous"):
+        example = y[np.flatnonzero(y != np.round(y))[0]]
+        raise SVMInputError(
+            f"Unknown label type: continuous y (e.g. {_show(example)}); SVMClassifier needs "
+            "class labels (ints or strings), not regression targets."
+        )
     try:
         classes, inverse = np.unique(y, return_inverse=True)
     except TypeError:
-        raise VggfeatError(
+        raise SVMInputError(
             "y holds labels of mixed types that cannot be sorted; use one type (all str or "
             "all int)."
         ) from None
     if len(classes) < 2:
-        raise VggfeatError(
-            f"y has only one class ({classes[0]!r}); a classifier needs examples of at least two."
+        raise SVMInputError(
+            f"y has only one class ({_show(classes[0])}); a classifier needs examples of at "
+            "least two."
         )
-    Y = np.where(inverse[:, None] == np.arange(len(classes))[None, :], 1, -1).astype(np.int8)
-    return Y, classes, False
+    inverse = inverse.ravel()
+    if len(classes) == 2:  # one problem, positive class classes_[1], as in LinearSVC
+        Y = np.where(inverse == 1, 1, -1).astype(np.int8)[:, None]
+        problems = classes[1:]
+    else:
+        Y = np.where(inverse[:, None] == np.arange(len(classes))[None, :], 1, -1).astype(np.int8)
+        problems = classes
+    return _Targets(Y, classes, "classes", inverse, problems, classes.dtype)
+
+
+def _voc_values(y: np.ndarray) -> np.ndarray:
+    """(N, K) int8 copy of VOC labels; refuses other values."""
+    try:
+        values = np.unique(y.astype(np.float64))
+    except (TypeError, ValueError):
+        values = np.array([np.nan])
+    bad = values[~np.isin(values, (1, -1, 0))]
+    if len(bad):
+        raise SVMInputError(
+            "VOC labels must be 1 (positive), -1 (negative) or 0 (difficult); got "
+            f"{', '.join(_show_value(v) for v in bad[:5])}."
+        )
+    return y.astype(np.int8)
+
+
+def _encode_multilabel(
+    y: np.ndarray, label_format: str, class_names: Sequence[str] | None
+) -> _Targets:
+    K = y.shape[1]
+    if K == 0:
+        raise SVMInputError("y has no columns: there is no class to train.")
+    try:
+        values = np.unique(y.astype(np.float64))
+    except (TypeError, ValueError):
+        values = np.array([np.nan])
+    valid = (0, 1) if label_format == "indicator" else (1, -1, 0)
+    if not np.isin(values, valid).all():
+        found = ", ".join(_show_value(v) for v in values[:6])
+        hint = ""
+        if label_format == "indicator" and np.isin(values, (1, -1, 0)).all():
+            hint = " These look like VOC labels: pass label_format='voc'."
+        raise SVMInputError(
+            "A 2-D y must be a 0/1 indicator matrix (label_format='indicator') or VOC labels "
+            f"1 / -1 / 0 difficult (label_format='voc'); got values {found} with "
+            f"label_format={label_format!r}.{hint}"
+        )
+    if label_format == "indicator":
+        Y = np.where(y.astype(np.float64) == 1, 1, -1).astype(np.int8)
+    else:
+        Y = y.astype(np.int8)
+    if class_names is None:
+        classes = np.arange(K)
+    else:
+        classes = np.asarray(list(class_names))
+        if classes.ndim != 1 or len(classes) != K or len(set(classes.tolist())) != K:
+            raise SVMInputError(
+                f"class_names must name the {K} columns of y, each once; got {len(classes)} names."
+            )
+    for sign, word in ((1, "positive"), (-1, "negative")):
+        missing = np.flatnonzero(~(Y == sign).any(axis=0))
+        if len(missing):
+            k = int(missing[0])
+            hint = ""
+            if sign < 0 and label_format == "voc" and (y == 0).any():
+                hint = " (if 0 means negative, use label_format='indicator')"
+            raise SVMInputError(
+                f"Class {_show(classes[k])} (column {k} of y) has no {word} training example "
+                f"({len(missing)} such classes){hint}; drop it or add examples."
+            )
+    # Strata for the folds: a row's rarest positive class, so each class's positives spread
+    # evenly over the parts.
+    n = len(Y)
+    pos = Y > 0
+    rarity = np.where(pos, pos.sum(axis=0)[None, :], n + 1)
+    strata = np.where(pos.any(axis=1), np.argmin(rarity, axis=1), K)
+    return _Targets(Y, classes, label_format, strata, classes, y.dtype)
 
 
 def _make_splits(
-    Y: np.ndarray, multilabel: bool, opts: dict[str, Any], rng: Any
+    strata: np.ndarray, opts: dict[str, Any], rng: Any
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified (train rows, validation rows) pairs: ``cv`` folds, or one holdout split.
 
-    Strata: the class (multi-class), or a row's rarest positive class (multi-label), so each
-    class's positives spread evenly over the parts.
+    Args:
+        strata: (N,) stratum of each row (its class, or its rarest positive class), so each
+            class's positives spread evenly over the parts.
     """
-    n = len(Y)
-    pos = Y > 0
-    if multilabel:
-        rarity = np.where(pos, pos.sum(axis=0)[None, :], n + 1)
-        strata = np.where(pos.any(axis=1), np.argmin(rarity, axis=1), Y.shape[1])
-    else:
-        strata = np.argmax(pos, axis=1)
+    n = len(strata)
     if opts["holdout"] is not None:
         frac = float(opts["holdout"])
         val = np.zeros(n, bool)
@@ -426,14 +782,14 @@ def _make_splits(
                 take = min(max(take, 1), len(rows) - 1)
             val[rows[:take]] = True
         if val.all() or not val.any():
-            raise VggfeatError(
+            raise SVMInputError(
                 f"holdout={frac} leaves an empty training or validation part of {n} rows; "
                 "use a fraction that keeps both non-empty."
             )
         return [(np.flatnonzero(~val), np.flatnonzero(val))]
     folds = int(opts["cv"])
     if folds > n:
-        raise VggfeatError(f"cv={folds} folds need at least {folds} training rows; got {n}.")
+        raise SVMInputError(f"cv={folds} folds need at least {folds} training rows; got {n}.")
     fold_of = np.empty(n, np.int64)
     offset = int(rng.integers(folds))
     for s in np.unique(strata):
@@ -506,10 +862,7 @@ def _cross_validate(
         cross = cross.index_select(1, torch.from_numpy(tr).to(dev))
         val = (cross @ torch.from_numpy(alpha * col_Y[tr]).to(dev, gram.dtype)).cpu().numpy()
         del cross
-        for k in range(K):
-            if (Y[va, k] > 0).any():
-                for c in range(M):
-                    ap[f, k, c] = average_precision(val[:, k * M + c], Y[va, k], "area")
+        ap[f] = _validation_ap(val, Y[va], M)
         alpha_sum[tr] += alpha
         counts[tr] += 1
         log(f"fold {f + 1}/{len(splits)}: {len(tr)} train, {len(va)} validation rows, {K * M} "
@@ -521,16 +874,77 @@ def _cross_validate(
     return scores, alpha_sum / np.maximum(counts, 1)[:, None]
 
 
+def _validation_ap(val: np.ndarray, Y: np.ndarray, M: int) -> np.ndarray:
+    """(K, M) AP ("area") of the (n, K * M) validation scores, column k * M + c scored
+    against labels Y[:, k]; NaN for classes without a positive validation row."""
+    K = Y.shape[1]
+    ap = np.full((K, M), np.nan)
+    for k in range(K):
+        if (Y[:, k] > 0).any():
+            for c in range(M):
+                ap[k, c] = average_precision(val[:, k * M + c], Y[:, k], "area")
+    return ap
+
+
+def _cross_validate_primal(
+    X: np.ndarray,
+    Y: np.ndarray,
+    splits: list[tuple[np.ndarray, np.ndarray]],
+    Cs: np.ndarray,
+    scale: float,
+    opts: dict[str, Any],
+    device: Any,
+    ticker: _Ticker,
+    log: _Log,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_cross_validate` for the primal solver: every (split, class, C) problem in one
+    batch over all of X, each split's validation rows masked out of its problems (label 0),
+    so one pass over X serves every problem and gives the validation scores too.
+
+    Returns:
+        (K, M) mean validation AP, and the (D + 1, K * M) mean over the splits of each
+        problem's weights (column k * M + c), to warm-start the refit.
+    """
+    from vggfeat.primal import solve_primal
+
+    n, K = Y.shape
+    M, F = len(Cs), len(splits)
+    cols = np.empty((n, F, K, M), np.int8)
+    for f, (_, va) in enumerate(splits):
+        cols[:, f] = Y[:, :, None]
+        cols[va, f] = 0
+    t = time.perf_counter()
+    W, n_iter, out = solve_primal(
+        X, cols.reshape(n, -1), np.tile(Cs, F * K), scale=scale, tol=opts["tol"],
+        max_iter=opts["max_iter"], device=device, ticker=ticker, what="cross-validation",
+    )  # fmt: skip
+    out = out.reshape(n, F, K * M)
+    ap = np.stack([_validation_ap(out[va, f], Y[va], M) for f, (_, va) in enumerate(splits)])
+    log(f"cross-validation (primal): {F} splits x {K * M} problems, Newton iterations max "
+        f"{n_iter.max()} median {int(np.median(n_iter))}: "
+        f"{time.perf_counter() - t:.1f}s")  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN classes: the caller raises
+        scores = np.nanmean(ap, axis=0)
+    return scores, W.reshape(-1, F, K * M).mean(axis=1)
+
+
 def _gram(X: np.ndarray, scale: float, device: Any, dtype: Any, ticker: _Ticker) -> Any:
-    """(N, N) kernel ``X X^T + scale^2`` on ``device``; lower-triangle blocks, then mirrored."""
+    """(N, N) kernel ``X X^T + scale^2`` on ``device``; lower-triangle blocks, then mirrored.
+
+    Products run in X's own precision and are stored in ``dtype``: float32 descriptors are
+    already rounded at 6e-8 relative, and their float32 products (twice as fast on a CPU,
+    many times on a GPU) differ from float64 ones by errors of that order (measured: 4e-7 at
+    most on 5,011 x 8,192 L2-normalised rows), far below the solver tolerance.
+    """
     import torch
 
     n = len(X)
-    Xt = torch.from_numpy(X).to(device=device, dtype=dtype)
+    Xt = torch.from_numpy(X).to(device=device)
     gram = torch.empty((n, n), device=device, dtype=dtype)
     for i0 in range(0, n, _GRAM_BLOCK):
         i1 = min(n, i0 + _GRAM_BLOCK)
-        block = Xt[i0:i1] @ Xt[:i1].T
+        block = (Xt[i0:i1] @ Xt[:i1].T).to(dtype)
         gram[i0:i1, :i1] = block
         gram[:i0, i0:i1] = block[:, :i0].T
         ticker()
@@ -816,27 +1230,34 @@ def _json_params(clf: SVMClassifier) -> str:
     params = clf.get_params(deep=False)
     if params["Cs"] is not None:
         params["Cs"] = [float(c) for c in np.asarray(params["Cs"], dtype=np.float64).ravel()]
+    if params.get("class_names") is not None:
+        params["class_names"] = [str(c) for c in params["class_names"]]
     rs = params["random_state"]
     if rs is not None and not isinstance(rs, (int, np.integer)):
         params["random_state"] = None  # a RandomState object cannot be recorded
     for key, value in params.items():
         if isinstance(value, np.generic):
             params[key] = value.item()
+    params["solver_"] = getattr(clf, "solver_", "dual")  # the solver that ran
     return json.dumps(params, sort_keys=True)
 
 
-def _class_kind(classes: np.ndarray) -> str:
+def _class_kind(classes: np.ndarray) -> tuple[str, str]:
+    """How /classes stores the labels: (kind, numpy dtype to restore)."""
     kind = classes.dtype.kind
     if kind == "b":
-        return "bool"
+        return "bool", classes.dtype.str
     if kind in "iu":
-        return "int"
+        return "int", classes.dtype.str
     if kind == "f":
-        return "float"
-    if kind in "US" or all(isinstance(c, str) for c in classes):
-        return "str"
-    raise VggfeatError(
-        f"Cannot store classes of type {type(classes[0]).__name__}; use str or int labels."
+        return "float", classes.dtype.str
+    values = classes.tolist()
+    if kind in "US" or all(isinstance(c, str) for c in values):
+        return "str", "str"
+    if all(isinstance(c, int) and not isinstance(c, bool) for c in values):
+        return "int", "<i8"
+    raise SVMInputError(
+        f"Cannot store classes of type {type(values[0]).__name__}; use str or int labels."
     )
 
 
@@ -847,7 +1268,9 @@ def save_svm(path: str | os.PathLike, clf: SVMClassifier, spec: dict[str, Any]) 
         path: Destination (replaced atomically: temporary file, fsync, rename).
         clf: A fitted :class:`SVMClassifier`.
         spec: JSON-serialisable description of the features and their provenance (stored as
-            the ``spec`` attribute and returned by :func:`load_svm`).
+            the ``spec`` attribute and returned by :func:`load_svm`); include
+            :func:`vggfeat.features.feature_record` so that
+            :func:`vggfeat.features.predict_store` can apply the model to feature stores.
     """
     import h5py
 
@@ -857,21 +1280,22 @@ def save_svm(path: str | os.PathLike, clf: SVMClassifier, spec: dict[str, Any]) 
     except (TypeError, ValueError) as exc:
         raise VggfeatError(f"The model spec is not JSON-serialisable: {exc}.") from None
     classes = np.asarray(clf.classes_)
-    kind = _class_kind(classes)
+    kind, dtype = _class_kind(classes)
     names = [repr(float(c)) if kind == "float" else str(c) for c in classes.tolist()]
 
     def verify(tmp: Path) -> None:
         # Read the file back: what load_svm will see must be what was fitted.
         back, back_spec = load_svm(tmp)
         same = back_spec == json.loads(spec_json) and np.array_equal(back.classes_, classes)
+        same = same and back.label_format_ == clf.label_format_
         for name in ("coef_", "intercept_", "C_"):
             same = same and np.array_equal(getattr(back, name), getattr(clf, name))
         if not same:
             raise OSError(errno.EIO, "model file read back differs from the fitted model")
 
-    with publish(path, verify=verify, hint="free space or choose another --out") as tmp:
+    with publish_stream(path, verify=verify, hint="free space or choose another --out") as fh:
         # libver="latest": dense attribute storage, so a large spec is not capped at 64 KB.
-        with h5py.File(tmp, "w", libver="latest") as f:
+        with h5py.File(fh, "w", libver="latest") as f:
             f.attrs["format"] = FORMAT
             f.attrs["format_version"] = FORMAT_VERSION
             f.attrs["params"] = _json_params(clf)
@@ -879,9 +1303,11 @@ def save_svm(path: str | os.PathLike, clf: SVMClassifier, spec: dict[str, Any]) 
             f.attrs["versions"] = json.dumps(software_versions(), sort_keys=True)
             f.attrs["created"] = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
             f.attrs["target"] = "multilabel" if clf.multilabel_ else "multiclass"
+            f.attrs["label_format"] = clf.label_format_
+            f.attrs["target_dtype"] = np.dtype(clf._target_dtype).str
             ds = f.create_dataset("classes", data=names, dtype=h5py.string_dtype("utf-8"))
             ds.attrs["kind"] = kind
-            ds.attrs["dtype"] = classes.dtype.str if kind != "str" else "str"
+            ds.attrs["dtype"] = dtype
             f.create_dataset("coef", data=np.asarray(clf.coef_, np.float64))
             f.create_dataset("intercept", data=np.asarray(clf.intercept_, np.float64))
             f.create_dataset("C", data=np.asarray(clf.C_, np.float64))
@@ -893,6 +1319,10 @@ def save_svm(path: str | os.PathLike, clf: SVMClassifier, spec: dict[str, Any]) 
 
 def load_svm(path: str | os.PathLike) -> tuple[SVMClassifier, dict[str, Any]]:
     """Read a model file written by :func:`save_svm`.
+
+    Version 1 files load as VOC-labelled (their multi-label targets were VOC labels), with
+    the class names restored from the spec where ``vggfeat svm fit`` recorded them, and a
+    :class:`ModelFormatWarning`.
 
     Returns:
         The fitted classifier (no refit; ``decision_function`` gives the saved model's
@@ -909,12 +1339,20 @@ def load_svm(path: str | os.PathLike) -> tuple[SVMClassifier, dict[str, Any]]:
     try:
         with h5py.File(path, "r") as f:
             check_format(f.attrs, path, FORMAT, FORMAT_VERSION, "SVM model file")
+            version = int(f.attrs.get("format_version", 0))
             key = "params"
             params = json.loads(f.attrs["params"])
             key = "spec"
             spec = json.loads(f.attrs["spec"])
             key = "target"
             multilabel = str(f.attrs["target"]) == "multilabel"
+            label_format = "voc" if multilabel else "classes"
+            target_dtype = "<i1"
+            if version >= 2:
+                key = "label_format"
+                label_format = str(f.attrs["label_format"])
+                key = "target_dtype"
+                target_dtype = str(f.attrs["target_dtype"])
             arrays = {}
             for key in ("classes", "coef", "intercept", "C", "Cs", "cv_scores", "n_iter"):
                 arrays[key] = f[key][()]
@@ -934,6 +1372,10 @@ def load_svm(path: str | os.PathLike) -> tuple[SVMClassifier, dict[str, Any]]:
         classes = np.array([float(s) if kind == "float" else int(s) for s in names]).astype(dtype)
     known = SVMClassifier().get_params(deep=False)
     clf = SVMClassifier(**{k: v for k, v in params.items() if k in known})
+    if version < 2:
+        classes = _upgrade_v1(path, arrays, classes, multilabel, spec)
+        if multilabel:
+            clf.label_format = "voc"
     clf.classes_ = classes
     clf.coef_ = arrays["coef"]
     clf.intercept_ = arrays["intercept"]
@@ -942,5 +1384,50 @@ def load_svm(path: str | os.PathLike) -> tuple[SVMClassifier, dict[str, Any]]:
     clf.cv_scores_ = arrays["cv_scores"]
     clf.n_iter_ = arrays["n_iter"]
     clf.multilabel_ = multilabel
+    clf.label_format_ = label_format
+    clf._target_dtype = np.dtype(target_dtype)
     clf.n_features_in_ = int(arrays["coef"].shape[1])
+    clf.solver_ = str(params.get("solver_", "dual"))
     return clf, spec
+
+
+def _upgrade_v1(
+    path: Path,
+    arrays: dict[str, np.ndarray],
+    classes: np.ndarray,
+    multilabel: bool,
+    spec: dict[str, Any],
+) -> np.ndarray:
+    """Bring a version-1 model to version 2's meaning, in place; returns its classes.
+
+    Version 1 stored what the CLI fitted on, class indices, in /classes (names only in the
+    spec), and kept two one-vs-rest rows for a binary y, where version 2 has one problem.
+    """
+    recorded = spec.get("labels", {}).get("classes") if isinstance(spec, dict) else None
+    restored = (
+        recorded is not None
+        and len(recorded) == len(classes)
+        and classes.dtype.kind in "iu"
+        and np.array_equal(classes, np.arange(len(classes)))
+    )
+    if restored:
+        classes = np.array([str(c) for c in recorded])
+    note = (
+        "its class names were restored from the spec"
+        if restored
+        else "its /classes may hold class indices rather than names"
+    )
+    if not multilabel and len(classes) == 2 and len(arrays["coef"]) == 2:
+        # The decision classes_[1] vs classes_[0] is the difference of the two columns:
+        # predictions are unchanged.
+        for key in ("coef", "intercept"):
+            arrays[key] = arrays[key][1:] - arrays[key][:1]
+        for key in ("C", "cv_scores", "n_iter"):
+            arrays[key] = arrays[key][1:]
+    warnings.warn(
+        f"{path.name} is a version-1 SVM model file: read with VOC labels (1 / -1 / 0) and "
+        f"{note}; refit it to write version {FORMAT_VERSION}.",
+        ModelFormatWarning,
+        stacklevel=3,
+    )
+    return classes

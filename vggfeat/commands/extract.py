@@ -51,9 +51,8 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
     "--net",
     "nets",
     multiple=True,
-    default=("D",),
-    show_default=True,
-    help="Net-D (vgg16) and/or Net-E (vgg19): --net D --net E or --net D,E.",
+    help="Net-D (vgg16) and/or Net-E (vgg19): --net D --net E or --net D,E [default: the net "
+    "a weights file records, else D].",
 )
 @click.option(
     "--weights",
@@ -123,11 +122,30 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
 @click.option(
     "--checkpoint-every", default=256, show_default=True, help="Images per crash-safe part file."
 )
+@click.option(
+    "--retry-failed/--no-retry-failed",
+    default=True,
+    show_default=True,
+    help="Extract again the images that failed in earlier runs on this store.",
+)
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Read and check the existing store first, and extract again the images of any "
+    "damaged rows (done anyway whenever the store is rewritten).",
+)
+@click.option(
+    "--content-hash",
+    is_flag=True,
+    help="Record each file's SHA-256 and find changed images by content, not by size and "
+    "modification time (reads every file once more).",
+)
 @click.option("--width", default=1.0, hidden=True, help="Channel multiplier (tests only).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, flip, layer,
             batch_size, workers, device, precision, decode, compile_, max_side, out,
-            checkpoint_every, width, quiet) -> None:  # fmt: skip
+            checkpoint_every, retry_failed, verify, content_hash, width,
+            quiet) -> None:  # fmt: skip
     """Extract flip-averaged fc7 descriptors of INPUTS (image files or folders) at each scale.
 
     \b
@@ -135,49 +153,64 @@ def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, fl
       vggfeat extract --net E --scales 256,384,512 --root VOC2007/JPEGImages \\
           --out voc07_E.h5 VOC2007/JPEGImages
 
+    An existing store is resumed: images it holds are kept unless their file changed or they
+    failed before (retried unless --no-retry-failed). One process at a time may write a store;
+    a second is refused.
+
     Under torchrun (`torchrun --nproc-per-node N -m vggfeat extract ...`) the images are
     shared out among the processes, each writes a shard, and rank 0 joins them into --out.
 
     Exit status: 0 when every image in the store worked, 3 when some failed (listed by
-    `vggfeat info`; under torchrun 0, which torchrun would take for a crash), 1 on a usage
-    or input error.
+    `vggfeat info`; under torchrun 0, which torchrun would take for a crash), 1 on a usage,
+    input or output error (one line, no traceback).
     """
-    from vggfeat.datasets import find_images
+    from vggfeat.datasets import ScanReport, find_images
     from vggfeat.distributed import current_rank, extract_distributed
     from vggfeat.extract import ExtractConfig
     from vggfeat.nets import canonical_net
     from vggfeat.pipeline import extract_to_store
-    from vggfeat.weights import load_weights
+    from vggfeat.store import printable
+    from vggfeat.weights import infer_net, load_weights
 
     net_names = list(dict.fromkeys(canonical_net(n) for n in split_csv(nets)))
+    if not net_names:  # a single weights file (e.g. a training run's final.pth) names its net
+        single = weights[0] if len(weights) == 1 and "=" not in weights[0] else None
+        file = single is not None and single not in ("imagenet", "random")
+        net_names = [infer_net(single) if file else "D"]
     config = ExtractConfig(scales=scales, flip=flip, layer=layer, precision=precision,
                            device=device, batch_size=batch_size, workers=workers,
                            max_side=max_side, decode=decode, compile=compile_)  # fmt: skip
-    samples = find_images(inputs, root=root, list_file=list_file)
+    rank = current_rank()  # torchrun: shard, extract, and rank 0 joins the shards
+    scan = ScanReport()
+    samples = find_images(inputs, root=root, list_file=list_file, report=scan)
+    if rank is None or rank.rank == 0:
+        click.echo(scan.summary(), err=True)
     sources = _weights_by_net(weights, net_names)
     loaded = [load_weights(sources[n], n, preprocess, seed=seed, width=width) for n in net_names]
     for w in loaded:
         click.echo(f"net {w.net}: {w.label}, {w.preprocess.name} preprocessing", err=True)
-    rank = current_rank()  # torchrun: shard, extract, and rank 0 joins the shards
     run = extract_to_store if rank is None else extract_distributed
     result = run(samples, out, loaded, config, progress=not quiet,
-                 rows_per_part=checkpoint_every)  # fmt: skip
+                 rows_per_part=checkpoint_every, retry_failed=retry_failed,
+                 content_hash=content_hash, verify=verify,
+                 log=lambda line: click.echo(printable(line), err=True))  # fmt: skip
     if result is None:  # a torchrun rank other than 0: rank 0 reports for all
         return
     s = result.summary
     for notice in s.notices:
         click.echo(f"  notice: {notice}", err=True)
     click.echo(
-        f"{s.done} images extracted in {s.seconds:.1f} s ({s.images_per_second:.2f} img/s), "
-        f"{len(s.failed)} failed, {len(s.changed)} cropped, {result.skipped} already in store; "
+        f"{s.done - len(s.failed)} images extracted, {len(s.failed)} failed, "
+        f"{len(s.changed)} cropped, {result.skipped} already in store "
+        f"({s.seconds:.1f} s, {s.images_per_second:.2f} img/s); "
         f"{len(result.store)} images in {out}"
     )
     for id_, reason in s.failed[:10]:
-        click.echo(f"  failed: {id_}: {reason}", err=True)
+        click.echo(f"  failed: {printable(id_)}: {printable(reason)}", err=True)
     if len(s.failed) > 10:
         click.echo(f"  ... and {len(s.failed) - 10} more (see `vggfeat info {out}`)", err=True)
     for id_, note in s.changed[:5]:
-        click.echo(f"  changed: {id_}: {note}", err=True)
+        click.echo(f"  cropped: {printable(id_)}: {printable(note)}", err=True)
     failed_in_store = len(result.store.failed())
     if failed_in_store:
         if failed_in_store > len(s.failed):

@@ -6,7 +6,10 @@ Heavy imports (numpy, h5py, scikit-learn, matplotlib) stay inside the commands, 
 
 from __future__ import annotations
 
+import contextlib
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +20,9 @@ from vggfeat.commands.options import device_option, parse_scales, split_csv
 __all__ = ["SPEC_FORMAT", "SPEC_VERSION", "evaluate", "fit", "predict", "svm"]
 
 SPEC_FORMAT = "vggfeat-svm-spec"
-SPEC_VERSION = 1
+# 2: labels.train_ids (the training images, as the stores name them) and class names in the
+# model's /classes.
+SPEC_VERSION = 2
 
 # ----------------------------------------------------------------------------- shared options
 
@@ -44,7 +49,9 @@ model_option = click.option(
     type=click.Path(exists=True, dir_okay=False),
     help="Model file written by `vggfeat svm fit`.",
 )
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
+quiet_option = click.option(
+    "--quiet", "-q", is_flag=True, help="No progress bar or notes (warnings are still shown)."
+)
 _SPLIT_HELP = (
     "a split name (a 'split' column value, or a VOC split such as trainval/test), a file of "
     "ids (one per line), or the Caltech protocol caltech:N_TRAIN:N_TEST:SEED (e.g. "
@@ -55,6 +62,67 @@ _SPLIT_HELP = (
 def _note(message: str, quiet: bool = False) -> None:
     if not quiet:
         click.echo(message, err=True)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """Report the library's warnings as one ``warning: ...`` line each on stderr (also under
+    -q), instead of Python's two-line source excerpts; the solver's convergence warnings are
+    summed into one line that names the options to change."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+
+    from vggfeat.svm import ModelFormatWarning
+
+    package = str(Path(__file__).resolve().parents[1])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        warnings.simplefilter("always", ModelFormatWarning)
+        try:
+            yield
+        finally:
+            lines: dict[str, None] = {}
+            unconverged = [w for w in caught if issubclass(w.category, ConvergenceWarning)]
+            if unconverged:
+                lines[_convergence_line([str(w.message) for w in unconverged])] = None
+            for w in caught:
+                if issubclass(w.category, ConvergenceWarning):
+                    continue
+                if str(Path(w.filename).resolve()).startswith(package):
+                    lines[f"warning: {str(w.message).splitlines()[0]}"] = None
+                else:  # not ours: Python's usual report
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+            for line in lines:
+                click.echo(line, err=True)
+
+
+def _convergence_line(messages: list[str]) -> str:
+    counts = [re.search(r"(\d+) of (\d+) problems", m) for m in messages]
+    if all(counts):
+        failed = sum(int(c[1]) for c in counts)
+        total = f"{failed} SVM problem{'s' if failed > 1 else ''}"
+    else:
+        total = f"{len(messages)} SVM solver run{'s' if len(messages) > 1 else ''}"
+    return (
+        f"warning: {total} did not converge within --max-iter epochs, so some scores may be "
+        "slightly off; raise --max-iter or loosen --tol (see README: Solver)."
+    )
+
+
+def _prepare_output(path: str | None, what: str = "--out") -> None:
+    """Check an output file can be written before the work: not a folder; its folder is made."""
+    from vggfeat.files import output_error
+
+    if path is None:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise click.UsageError(f"{what} {target} is a folder; give a file path, e.g. {target}/x.")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(exc, target, f"choose another {what}") from None
 
 
 def _parse_cs(value: str | None) -> list[float] | None:
@@ -97,27 +165,59 @@ class _Progress:
 
 
 def _training_targets(labels: Any, difficult: str, split: str) -> Any:
-    """The ``y`` to fit on: difficult (0) kept as 0 (ignored) or made -1; refuses a class
-    without positive (or, multi-label, negative) examples."""
+    """The ``y`` to fit on: multi-label, (N, K) VOC labels with difficult (0) kept as 0
+    (ignored) or made -1; multi-class, (N,) class names. Refuses pairs without labels and a
+    class without positive (or, multi-label, negative) examples."""
+    import numpy as np
+
     from vggfeat.labels import LabelsError
 
+    labels.check_labelled(role="training")
+    if not labels.multilabel:
+        counts = np.bincount(labels.y, minlength=len(labels.classes))
+        for name, count in zip(labels.classes, counts):
+            if count == 0:
+                raise LabelsError(
+                    f"Class {name!r} has no positive training example in split {split!r} "
+                    f"({len(labels)} images); add positives or remove the class from the labels."
+                )
+        return np.array(labels.classes)[labels.y]
     y = labels.y.copy()
-    if labels.multilabel and difficult == "negative":
+    if difficult == "negative":
         y[y == 0] = -1
     for k, name in enumerate(labels.classes):
-        col = y[:, k] if labels.multilabel else (y == k)
-        positives = int((col == 1).sum()) if labels.multilabel else int(col.sum())
-        if positives == 0:
+        if not (y[:, k] == 1).any():
             raise LabelsError(
                 f"Class {name!r} has no positive training example in split {split!r} "
                 f"({len(labels)} images); add positives or remove the class from the labels."
             )
-        if labels.multilabel and not (col == -1).any():
+        if not (y[:, k] == -1).any():
             raise LabelsError(
                 f"Class {name!r} has no negative training example in split {split!r}; a "
                 "one-vs-rest SVM needs both."
             )
     return y
+
+
+def _problems(clf: Any, y: Any) -> tuple[list[str], dict[str, dict[str, int]]]:
+    """Name and training counts (as trained: positive, negative, left out) of each problem."""
+    import numpy as np
+
+    names = [str(c) for c in clf.classes_]
+    if clf.multilabel_:
+        return names, {
+            name: {"positive": int((y[:, k] == 1).sum()), "negative": int((y[:, k] == -1).sum()),
+                   "difficult": int((y[:, k] == 0).sum())}
+            for k, name in enumerate(names)
+        }  # fmt: skip
+    if len(names) == 2:  # one problem: classes_[1] against classes_[0]
+        pos = int((y == clf.classes_[1]).sum())
+        name = f"{names[1]} vs {names[0]}"
+        return [name], {name: {"positive": pos, "negative": len(y) - pos, "difficult": 0}}
+    return names, {
+        name: {"positive": int(np.sum(y == c)), "negative": int(np.sum(y != c)), "difficult": 0}
+        for name, c in zip(names, clf.classes_)
+    }
 
 
 def _load_model(model: str) -> tuple[Any, dict[str, Any]]:
@@ -163,6 +263,7 @@ def _test_targets(labels: Any, spec: dict[str, Any]) -> Any:
                 f"{labels.source} has no labels for class {', '.join(missing[:3])} of the model; "
                 "give labels for every class the model knows."
             )
+        labels.check_labelled(classes, role="test")
         return labels.y[:, [labels.classes.index(c) for c in classes]]
     index = {c: k for k, c in enumerate(classes)}
     names = [labels.classes[k] for k in labels.y]
@@ -175,21 +276,55 @@ def _test_targets(labels: Any, spec: dict[str, Any]) -> Any:
     return np.array([index[n] for n in names], dtype=np.int64)
 
 
-def _check_test_split(spec: dict[str, Any], test_split: str) -> str | None:
-    """Refuse a Caltech test split drawn differently from the model's; warn on reuse."""
-    from vggfeat.labels import LabelsError, parse_caltech_split
+def _exclude_training(
+    model: str, spec: dict[str, Any], stores: Any, fspec: Any, ids: list[str], test_split: str,
+    drop: bool, quiet: bool,
+) -> list[str]:  # fmt: skip
+    """The test ids, after refusing (or, with ``drop``, leaving out) the model's training
+    images, compared as the stores name them, whatever split syntax chose either."""
+    import warnings
 
-    train_split = spec["labels"].get("train_split", "")
-    if train_split.startswith("caltech:") and test_split.startswith("caltech:"):
-        if str(parse_caltech_split(train_split)) != str(parse_caltech_split(test_split)):
+    from vggfeat.features import store_ids
+    from vggfeat.labels import LabelsError
+
+    info = spec["labels"]
+    name = Path(model).name
+    if "train_ids" not in info:  # spec version 1
+        train_split = str(info.get("train_split", ""))
+        if train_split.startswith("caltech:"):
             raise LabelsError(
-                f"The model was trained on the train part of {train_split}; test with "
-                f"--test-split {train_split}, as another draw overlaps its training images."
+                f"{name} records no training images and was drawn with vggfeat's former "
+                f"Caltech split ({train_split}), which this version does not reproduce; refit "
+                "it to evaluate on a Caltech split."
             )
-        return None
-    if train_split == test_split:
-        return f"note: testing on {test_split!r}, the split the model was trained on."
-    return None
+        if train_split == test_split:
+            raise LabelsError(f"{name} was trained on split {test_split!r}; test on another split.")
+        warnings.warn(
+            f"{name} records no training images (spec version 1): the test split cannot be "
+            "checked for them; refit to record them.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return ids
+    trained = set(info["train_ids"])
+    canonical = store_ids(stores, ids, fspec, role="test")
+    seen = [i for i, c in zip(ids, canonical) if c in trained]
+    if not seen:
+        return ids
+    if not drop:
+        raise LabelsError(
+            f"{len(seen)} of {len(ids)} test images were training images of {name} (e.g. "
+            f"{', '.join(seen[:3])}); test on a split disjoint from its training split "
+            f"({info.get('train_split')}), or pass --drop-training-images to leave them out."
+        )
+    kept = [i for i, c in zip(ids, canonical) if c not in trained]
+    if not kept:
+        raise LabelsError(
+            f"All {len(ids)} test images were training images of {name}; give another split."
+        )
+    _note(f"note: left out {len(seen)} test images that were training images of {name}; "
+          f"{len(kept)} remain.", quiet)  # fmt: skip
+    return kept
 
 
 # ----------------------------------------------------------------------------- commands
@@ -215,8 +350,8 @@ def svm() -> None:
 @click.option("--scales", callback=parse_scales, help="Scales Q to use, comma-separated, e.g. "
               "256,384,512 (default: every scale the stores share).")  # fmt: skip
 @click.option("--aggregate", type=click.Choice(["stack", "average"]), default="stack",
-              show_default=True,
-              help="Combine scales: stack (Caltech) or average (VOC).")  # fmt: skip
+              show_default=True, help="Combine scales: stack (Caltech) or average (VOC, the "
+              "paper's choice there: pass it for VOC).")  # fmt: skip
 @click.option("--block-norm/--no-block-norm", default=False, show_default=True,
               help="Also L2-normalise each (net, Q) block and each net's block before they "
                    "are combined; the row is L2-normalised either way.")  # fmt: skip
@@ -237,20 +372,32 @@ def svm() -> None:
 @click.option("--holdout", type=click.FloatRange(0, 1, min_open=True, max_open=True),
               default=None, help="Choose C on this held-out fraction of the training images "
               "instead of folds (paper, Caltech: 0.2).")  # fmt: skip
-@click.option("--max-iter", default=1000, show_default=True, help="Solver iterations.")
-@click.option("--tol", default=1e-4, show_default=True, help="Solver tolerance.")
+@click.option("--max-iter", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Solver epochs (passes over the training images) per problem before it "
+              "stops unconverged (then a warning).")  # fmt: skip
+@click.option("--tol", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
+              help="Solver tolerance: stop when the range of the dual projected gradient is "
+              "at most this (liblinear's eps).")  # fmt: skip
 @device_option
-@click.option("--seed", default=0, show_default=True, help="Random state of folds/holdout.")
-@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Model file (.h5).")
+@click.option("--seed", default=0, show_default=True, help="Random state of the folds or "
+              "holdout and of the solver's coordinate order.")  # fmt: skip
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Model file (.h5); "
+              "its folder is created if needed.")  # fmt: skip
 @quiet_option
 def fit(features, nets, scales, aggregate, block_norm, labels_path, train_split, difficult, loss,
         c, cs, cv, holdout, max_iter, tol, device, seed, out, quiet) -> None:  # fmt: skip
     """Fit one-vs-rest linear SVMs on the descriptors of the training split.
 
     Prints the C chosen for each class and writes the model, with the feature spec, the stores'
-    provenance and the label choices, to --out.
+    provenance, the label choices and the training images, to --out.
     """
-    from vggfeat.features import design_matrix, feature_provenance, open_stores, resolve_spec
+    from vggfeat.features import (
+        design_matrix,
+        feature_record,
+        open_stores,
+        resolve_spec,
+        store_ids,
+    )
     from vggfeat.labels import read_labels, resolve_split
     from vggfeat.report import fit_table
     from vggfeat.svm import SVMClassifier, save_svm
@@ -263,6 +410,7 @@ def fit(features, nets, scales, aggregate, block_norm, labels_path, train_split,
     grid = _parse_cs(cs)
     if grid is None and (cv is not None or holdout is not None):
         raise click.UsageError("--cv and --holdout choose C: they need --Cs.")
+    _prepare_output(out)
 
     stores = open_stores(features)
     spec = resolve_spec(stores, split_csv(nets) if nets else None, scales, aggregate, block_norm)
@@ -273,48 +421,55 @@ def fit(features, nets, scales, aggregate, block_norm, labels_path, train_split,
     train = labels.select(ids, role="training")
     y = _training_targets(train, difficult, train_split)
     x = design_matrix(stores, ids, spec, role="training")
+    trained_ids = store_ids(stores, ids, spec, role="training")
     _note(
         f"Training on {len(ids)} images x {x.shape[1]} features ({'+'.join(spec.nets)} at "
         f"{','.join(map(str, spec.scales))}, {spec.aggregate}), {len(labels.classes)} classes.",
         quiet,
     )
+    if grid is not None and len(set(grid)) == 1:
+        _note(f"note: --Cs holds one value ({grid[0]:g}): C is fixed, no validation runs.", quiet)
 
     clf = SVMClassifier(
         C=1.0 if c is None else c, Cs=grid, cv=3 if cv is None else cv, holdout=holdout,
         loss=loss, tol=tol, max_iter=max_iter, device=device, random_state=seed,
+        label_format="voc", class_names=list(train.classes) if train.multilabel else None,
     )  # fmt: skip
     bar = _Progress("fitting SVMs", disable=quiet)
-    try:
-        clf.fit(x, y, progress=bar)
-    finally:
-        bar.close()
+    with _warnings_as_lines():
+        try:
+            clf.fit(x, y, progress=bar)
+        finally:
+            bar.close()
 
-    counts = train.counts()
-    click.echo(fit_table(train.classes, clf.C_, counts, clf.cv_scores_ if grid else None))
+    method = None if clf.cv_fold_ is None else ("holdout" if holdout else "cv")
+    names, counts = _problems(clf, y)
+    scores = None if method is None else clf.cv_scores_
+    click.echo(fit_table(names, clf.C_, counts, scores, selection=method or "cv"))
     model_spec = {
         "format": SPEC_FORMAT,
         "format_version": SPEC_VERSION,
-        "features": spec.to_dict(),
-        "provenance": feature_provenance(stores),
+        **feature_record(stores, spec),
         "labels": {
             "source": str(labels_path),
-            "classes": list(train.classes),
+            "classes": [str(k) for k in clf.classes_],
             "multilabel": train.multilabel,
             "difficult": difficult if train.multilabel else "none",
             "train_split": train_split,
             "n_train": len(ids),
             "counts": counts,
+            "train_ids": trained_ids,
         },
         "selection": {
             "Cs": grid,
-            "method": None if grid is None else ("holdout" if holdout else "cv"),
-            "cv": None if grid is None or holdout else clf.cv,
-            "holdout": holdout,
+            "method": method,
+            "cv": clf.cv if method == "cv" else None,
+            "holdout": holdout if method == "holdout" else None,
         },
         "versions": software_versions(),
     }
     save_svm(out, clf, model_spec)
-    click.echo(f"Wrote {out}: {len(train.classes)} classes, {x.shape[1]}-d features.")
+    click.echo(f"Wrote {out}: {len(clf.classes_)} classes, {x.shape[1]}-d features.")
 
 
 @svm.command("eval")
@@ -322,7 +477,9 @@ def fit(features, nets, scales, aggregate, block_norm, labels_path, train_split,
 @features_option
 @labels_option
 @click.option("--test-split", required=True, help="Test images: " + _SPLIT_HELP.format(
-              part="test") + ".")  # fmt: skip
+              part="test") + ". Images the model was trained on are refused.")  # fmt: skip
+@click.option("--drop-training-images", is_flag=True, help="Leave out (and count) test images "
+              "that the model was trained on, instead of refusing them.")  # fmt: skip
 @click.option("--ap", "ap_method", type=click.Choice(["11point", "area"]), default="11point",
               show_default=True, help="AP definition (multi-label): 11-point interpolated "
               "(VOC-2007 devkit) or area under the curve (VOC-2010+).")  # fmt: skip
@@ -332,8 +489,8 @@ def fit(features, nets, scales, aggregate, block_norm, labels_path, train_split,
               "precision-recall per class (multi-label) or a confusion matrix "
               "(multi-class).")  # fmt: skip
 @quiet_option
-def evaluate(model, features, labels_path, test_split, ap_method, json_path, plots,
-             quiet) -> None:  # fmt: skip
+def evaluate(model, features, labels_path, test_split, drop_training_images, ap_method,
+             json_path, plots, quiet) -> None:  # fmt: skip
     """Score the test split: AP per class and mAP (multi-label, difficult images ignored), or
     recall per class, mean class recall and top-1/top-5 error (multi-class)."""
     import numpy as np
@@ -349,15 +506,18 @@ def evaluate(model, features, labels_path, test_split, ap_method, json_path, plo
         write_json,
     )
 
-    clf, spec = _load_model(model)
-    fspec, stores = _model_features(model, spec, features)
-    labels = read_labels(labels_path)
-    warning = _check_test_split(spec, test_split)
-    if warning:
-        _note(warning, quiet)
-    ids = resolve_split(labels, test_split, part="test")
+    _prepare_output(json_path, "--json")
+    with _warnings_as_lines():
+        clf, spec = _load_model(model)
+        fspec, stores = _model_features(model, spec, features)
+        labels = read_labels(labels_path)
+        for note in labels.notes:
+            _note(f"note: {note}", quiet)
+        ids = resolve_split(labels, test_split, part="test")
+        ids = _exclude_training(model, spec, stores, fspec, ids, test_split,
+                                drop_training_images, quiet)  # fmt: skip
     y = _test_targets(labels.select(ids, role="test"), spec)
-    scores = clf.decision_function(design_matrix(stores, ids, fspec, role="test"))
+    scores = clf.class_scores(design_matrix(stores, ids, fspec, role="test"))
     classes = spec["labels"]["classes"]
     if spec["labels"]["multilabel"]:
         results = evaluate_multilabel(scores, y, classes, ap_method)
@@ -389,31 +549,32 @@ def evaluate(model, features, labels_path, test_split, ap_method, json_path, plo
 @model_option
 @features_option
 @click.option("--ids", "ids_file", type=click.Path(exists=True, dir_okay=False),
-              help="File of image ids to score, one per line (default: every image in the "
-              "stores that extracted successfully).")  # fmt: skip
+              help="File of image ids to score, one per line, each the whole line (default: "
+              "every image that every store extracted successfully).")  # fmt: skip
 @click.option("--out", required=True, type=click.Path(dir_okay=False),
               help="CSV: id, score_<class> per class, predicted.")  # fmt: skip
 @quiet_option
 def predict(model, features, ids_file, out, quiet) -> None:
     """Score images with a fitted model; writes per-class scores and predicted labels as CSV."""
-    from vggfeat.features import design_matrix, net_sources
+    from vggfeat.features import design_matrix, usable_ids
     from vggfeat.labels import read_id_list
     from vggfeat.report import write_scores_csv
 
-    clf, spec = _load_model(model)
+    _prepare_output(out)
+    with _warnings_as_lines():
+        clf, spec = _load_model(model)
     fspec, stores = _model_features(model, spec, features)
     if ids_file:
         ids = read_id_list(ids_file)
         if not ids:
             raise click.ClickException(f"{ids_file} lists no ids.")
     else:
-        first = net_sources(stores, fspec.nets)[fspec.nets[0]]
-        ids = [i for i, ok in zip(first.ids, first.ok) if ok]
-        skipped = len(first) - len(ids)
-        if skipped:
-            _note(f"note: skipped {skipped} images whose extraction failed in {first.path.name}.",
-                  quiet)  # fmt: skip
-    scores = clf.decision_function(design_matrix(stores, ids, fspec, role="requested"))
+        ids, skipped = usable_ids(stores, fspec.nets)
+        for line in skipped:
+            _note(f"note: skipped {line}.", quiet)
+        if not ids:
+            raise click.ClickException("No image extracted successfully in every store.")
+    scores = clf.class_scores(design_matrix(stores, ids, fspec, role="requested"))
     info = spec["labels"]
     write_scores_csv(out, ids, info["classes"], scores, info["multilabel"])
     click.echo(f"Wrote scores of {len(ids)} images x {len(info['classes'])} classes to {out}.")

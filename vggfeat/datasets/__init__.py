@@ -1,5 +1,5 @@
 """Dataset indexes: a root -> samples (id, path)."""
 
-from vggfeat.datasets.folder import find_images
+from vggfeat.datasets.folder import ScanReport, find_images, read_list
 
-__all__ = ["find_images"]
+__all__ = ["ScanReport", "find_images", "read_list"]

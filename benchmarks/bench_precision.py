@@ -145,7 +145,9 @@ def main() -> None:
           f"{'native' if real_bf16 else 'emulated (no native bf16 here)'}")  # fmt: skip
 
     def extract(name, precision, items, emulate=False):
-        config = ExtractConfig(scales=scales, device=str(device), precision=precision)
+        # The rounding mode is thread-local: emulated runs keep every batch on this thread.
+        config = ExtractConfig(scales=scales, device=str(device), precision=precision,
+                               streams=1 if emulate else 0)  # fmt: skip
         start = time.perf_counter()
         with Bf16Rounding() if emulate else contextlib.nullcontext():
             store = extract_to_store(items, out / f"{name}.h5", [weights], config).store

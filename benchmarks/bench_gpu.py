@@ -2,7 +2,7 @@
 
     python benchmarks/bench_gpu.py                       # on the GPU; writes bench_gpu.json
     python benchmarks/bench_gpu.py --sets uniform,caltech --n 1024
-    python benchmarks/bench_gpu.py --device cpu --width 0.0625 --n 8 --naive-n 2   # smoke test
+    python benchmarks/bench_gpu.py --smoke               # every path on the CPU, tiny net, 1 min
 
 It prints and records (JSON, with device, versions and settings):
 
@@ -212,7 +212,15 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--json", default="bench_gpu.json")
+    parser.add_argument(
+        "--smoke", action="store_true", help="check every path here: CPU, width 1/16, 8 images"
+    )
     args = parser.parse_args()
+    if args.smoke:
+        args.device, args.width, args.n, args.naive_n, args.scales = "cpu", 0.0625, 8, 2, "224"
+    elif args.device.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit("bench_gpu: no CUDA GPU is visible; run it on the GPU machine (--smoke checks it "
+                 "here on the CPU).")  # fmt: skip
     device = resolve_device(args.device)
     torch.manual_seed(0)
     weights = load_weights("random", args.net, width=args.width)

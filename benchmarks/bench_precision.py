@@ -125,6 +125,9 @@ def main() -> None:
     parser.add_argument("--test", type=int, default=20)
     parser.add_argument("--splits", type=int, default=3)
     parser.add_argument("--check", type=int, default=24, help="images run in real bf16 too")
+    parser.add_argument(
+        "--real-bf16", action="store_true", help="run bf16 for real even where it is not native"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out-dir", default="precision-stores")
     parser.add_argument("--json", default=None)
@@ -138,11 +141,11 @@ def main() -> None:
     root = Path(args.caltech_root)
     samples = [(i, str(root / i)) for i in pool]
     weights = load_weights(args.weights, args.net, width=args.width)
-    real_bf16 = native_bf16(device)
+    real_bf16 = native_bf16(device) or args.real_bf16
     record = C.environment(device, vars(args))
     print(f"device: {record['device']}\n{len(labels.classes)} classes, pool {len(pool)} images, "
           f"net {args.net} width {args.width} ({weights.label}), Q {list(scales)}; bf16 "
-          f"{'native' if real_bf16 else 'emulated (no native bf16 here)'}")  # fmt: skip
+          f"{'run for real' if real_bf16 else 'emulated (no native bf16 here)'}")  # fmt: skip
 
     def extract(name, precision, items, emulate=False):
         # The rounding mode is thread-local: emulated runs keep every batch on this thread.

@@ -93,7 +93,7 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
 @click.option(
     "--precision",
     type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    default="fp32",
+    default="auto",
     show_default=True,
     help="auto: bf16 where the device runs it natively (Ampere+ GPUs, AVX512-BF16/AMX CPUs), "
     "else fp32; the store records the one that ran.",
@@ -181,12 +181,12 @@ def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, fl
                            device=device, batch_size=batch_size, workers=workers,
                            max_side=max_side, decode=decode, compile=compile_)  # fmt: skip
     rank = current_rank()  # torchrun: shard, extract, and rank 0 joins the shards
-    scan = ScanReport()
+    sources = _weights_by_net(weights, net_names)
+    loaded = [load_weights(sources[n], n, preprocess, seed=seed, width=width) for n in net_names]
+    scan = ScanReport()  # after the weights: a bad --weights is refused before a long scan
     samples = find_images(inputs, root=root, list_file=list_file, report=scan)
     if rank is None or rank.rank == 0:
         click.echo(scan.summary(), err=True)
-    sources = _weights_by_net(weights, net_names)
-    loaded = [load_weights(sources[n], n, preprocess, seed=seed, width=width) for n in net_names]
     for w in loaded:
         click.echo(f"net {w.net}: {w.label}, {w.preprocess.name} preprocessing", err=True)
     run = extract_to_store if rank is None else extract_distributed

@@ -67,7 +67,6 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from scipy.linalg.blas import dger as _ger
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.exceptions import ConvergenceWarning, DataConversionWarning
 from sklearn.utils import check_random_state
@@ -105,6 +104,8 @@ FORMAT = "vggfeat-svm"
 FORMAT_VERSION = 2
 
 _BLOCK = 256  # coordinates per block: one (N, B) x (B, P) product per block
+#: Passes over each block per epoch (vggfeat.sweep): single steps, then pair steps, alternately.
+_PASSES = (0, 1, 0, 1, 0, 1)
 _GRAM_BLOCK = 512  # rows per block of the Gram matrix
 _PREDICT_ROWS = 2048
 #: Default largest N x N float64 Gram matrix (bytes) the dual path builds; above it "auto"
@@ -1036,9 +1037,6 @@ def _solve_dual(
         A = np.zeros((n, P), np.float64)
         if alpha0 is not None:
             A[:] = np.clip(alpha0[order], 0, U)
-        qdiag = K.diagonal().cpu().numpy().astype(np.float64)[:, None] * (Yf * Yf) + D
-        IQ = np.divide(1.0, qdiag, out=np.zeros_like(qdiag), where=qdiag > 0)
-        del qdiag
         out = np.zeros((n, P))
         epochs = np.zeros(P, np.int64)
         active = np.arange(P)
@@ -1060,7 +1058,7 @@ def _solve_dual(
             movable = ~(((A <= 0) & (G > hi)) | ((A >= U) & (G < lo)) | (U <= 0)).all(axis=1)
             visit = np.flatnonzero(movable)
             visit = visit[rng.permutation(len(visit))]
-            _epoch(K, F, A, Yf, None if squared else U, D, IQ, visit, pool)
+            _epoch(K, F, A, Yf, U, D, visit, pool, rng)
             G = _gradient(Yf, F, D, A)
             pmax, pmin = _pg_range(G, A, U)
             done = pmax - pmin <= tol
@@ -1087,14 +1085,7 @@ def _solve_dual(
                 active = active[keep]
                 if not len(active):
                     break
-                Yf, U, A, IQ, D, G = (
-                    Yf[:, keep],
-                    U[:, keep],
-                    A[:, keep],
-                    IQ[:, keep],
-                    D[keep],
-                    G[:, keep],
-                )
+                Yf, U, A, D, G = Yf[:, keep], U[:, keep], A[:, keep], D[keep], G[:, keep]
                 pmax, pmin = pmax[keep], pmin[keep]
                 F = F[torch.from_numpy(np.flatnonzero(keep)).to(dev)]
             hi = np.where(pmax > 0, pmax, np.inf)
@@ -1107,27 +1098,32 @@ def _epoch(
     F: Any,
     A: np.ndarray,
     Yf: np.ndarray,
-    U: np.ndarray | None,
+    U: np.ndarray,
     D: np.ndarray,
-    IQ: np.ndarray,
     visit: np.ndarray,
     pool: Any,
+    rng: Any,
 ) -> None:
     """One pass of coordinate descent over ``visit``, in blocks, updating A and F in place.
 
-    The (P, n) update of F by block t runs (in ``pool``'s worker on CPU, asynchronously on
-    CUDA) while block t+1 is swept: block t+1's rows get block t's effect at once from the
-    (b, b) part of block t's panel, and the rest of F is only read after the update is done.
+    Each block gets the passes of :data:`_PASSES` (:func:`vggfeat.sweep.sweep_block`), each in
+    a new random order, then one product brings every row's decision values up to date. The
+    (P, n) update of F by block t runs (in ``pool``'s worker on CPU, asynchronously on CUDA)
+    while block t+1 is swept: block t+1's rows get block t's effect at once from the (b, b)
+    part of block t's panel, and the rest of F is only read after the update is done.
 
     Args:
-        K: (n, n) kernel. F: (P, n) decision values. A, Yf, IQ: (n, P) duals, labels, 1/Q_jj.
-        U: (n, P) upper bounds or None. D: (P,) diagonal term. visit: coordinates in order.
-        pool: Single-worker executor on CPU, None on CUDA.
+        K: (n, n) kernel. F: (P, n) decision values. A, Yf, U: (n, P) duals, labels, upper
+        bounds. D: (P,) diagonal term. visit: coordinates in order.
+        pool: Single-worker executor on CPU, None on CUDA. rng: numpy Generator (orders).
     """
     import torch
 
+    from vggfeat.sweep import sweep_block
+
     dev = K.device
     cpu = dev.type == "cpu"
+    kinds = np.array(_PASSES, np.int64)
     running = None  # the update of F by block t-1, in flight
     prev = None  # (step (P, b), panel (b, n)) of block t-1
     for s in range(0, len(visit), _BLOCK):
@@ -1155,7 +1151,8 @@ def _epoch(
         fb = np.ascontiguousarray(raw.T)
         old = A[at]
         new = old.copy()
-        _sweep(fb, new, Yf[at], None if U is None else U[at], D, IQ[at], kbb)
+        orders = np.argsort(rng.random((len(kinds), len(at))), axis=1)
+        sweep_block(fb, new, Yf[at], U[at], D, np.ascontiguousarray(kbb), orders, kinds)
         A[at] = new
         step = torch.from_numpy(np.ascontiguousarray((Yf[at] * (new - old)).T)).to(dev)
         prev = (step, panel)
@@ -1163,43 +1160,6 @@ def _epoch(
         running.result()
     if prev is not None:
         F.addmm_(*prev)
-
-
-def _sweep(
-    f: np.ndarray,
-    a: np.ndarray,
-    y: np.ndarray,
-    u: np.ndarray | None,
-    d: np.ndarray,
-    iq: np.ndarray,
-    k: np.ndarray,
-) -> None:
-    """One exact coordinate-descent pass over a block, all P problems at once, in place.
-
-    Coordinate j's step is ``a_j <- clip(a_j - g_j / Q_jj, 0, u_j)`` with gradient
-    ``g_j = y_j f_j + d a_j - 1``; the block's later rows then see the change in f.
-
-    Args:
-        f: (b, P) C-contiguous float64 decision values of the block's rows (updated).
-        a: (b, P) dual variables, in the order visited (updated).
-        y: (b, P) labels. u: (b, P) upper bounds, or None when there are none (squared
-            hinge). d: (P,) diagonal term.
-        iq: (b, P) 1 / Q_jj (0 where the row is not in the problem).
-        k: (b, b) kernel block.
-    """
-    # a_j - g_j iq_j = (a_j - (d a_j - 1) iq_j) - f_j (y_j iq_j): a_j only changes at j.
-    fixed = a - (d * a - 1) * iq
-    slope = y * iq
-    ft = f.T  # Fortran-ordered view: its column blocks are contiguous for BLAS ger
-    for j in range(len(a)):
-        new = fixed[j] - f[j] * slope[j]
-        np.maximum(new, 0, out=new)
-        if u is not None:
-            np.minimum(new, u[j], out=new)
-        step = y[j] * (new - a[j])
-        a[j] = new
-        if j + 1 < len(a):  # f[j+1:] += outer(k[j, j+1:], step), in place
-            _ger(1.0, step, k[j, j + 1 :], a=ft[:, j + 1 :], overwrite_a=1)
 
 
 def _gradient(Yf: np.ndarray, F: Any, D: np.ndarray, A: np.ndarray) -> np.ndarray:

@@ -103,9 +103,11 @@ SOLVERS = ("auto", "dual", "primal")
 FORMAT = "vggfeat-svm"
 FORMAT_VERSION = 2
 
-_BLOCK = 256  # coordinates per block: one (N, B) x (B, P) product per block
+_BLOCK = 128  # coordinates per block: one (N, B) x (B, P) product per block
 #: Passes over each block per epoch (vggfeat.sweep): single steps, then pair steps, alternately.
-_PASSES = (0, 1, 0, 1, 0, 1)
+#: (128 x 8 passes costs about 10% less per fold at VOC-2007 size than 256 x 6: the passes
+#: cost O(B^2) per block, and more of them cut the epochs as much.)
+_PASSES = (0, 1) * 4
 _FLOAT32_PRODUCTS = True
 _GRAM_BLOCK = 512  # rows per block of the Gram matrix
 _PREDICT_ROWS = 2048
@@ -943,14 +945,23 @@ def _gram(X: np.ndarray, scale: float, device: Any, dtype: Any, ticker: _Ticker)
     n = len(X)
     gram = torch.empty((n, n), device=device, dtype=dtype)
     if device.type == "cpu":
-        # numpy's BLAS (OpenBLAS) runs float32 products about 1.5x faster than torch's here.
+        # One BLAS syrk (numpy's OpenBLAS: float32 products about 1.5x faster than torch's
+        # here) computes one triangle, about 20% faster than row blocks of products; it is
+        # then mirrored into the float64 kernel by blocks.
+        from scipy.linalg.blas import dsyrk, ssyrk
+
+        syrk = ssyrk if X.dtype == np.float32 else dsyrk
+        low = syrk(1.0, X.T, trans=1).T  # C-ordered view; its lower triangle is X X^T's
         out = gram.numpy()
         for i0 in range(0, n, _GRAM_BLOCK):
             i1 = min(n, i0 + _GRAM_BLOCK)
-            block = X[i0:i1] @ X[:i1].T
-            out[i0:i1, :i1] = block
+            block = low[i0:i1, :i1]
+            out[i0:i1, :i0] = block[:, :i0]
             out[:i0, i0:i1] = block[:, :i0].T
+            diag = block[:, i0:i1]
+            out[i0:i1, i0:i1] = np.tril(diag) + np.tril(diag, -1).T
             ticker()
+        del low
     else:
         Xt = torch.from_numpy(X).to(device=device)
         for i0 in range(0, n, _GRAM_BLOCK):

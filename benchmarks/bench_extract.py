@@ -1,138 +1,224 @@
-"""Images/s of `vggfeat extract` against a naive dense loop, measured in the same process.
+"""Images/s of `vggfeat extract` against the naive loop and a per-scale fixed-shape forward,
+measured in the same process with the candidates interleaved (ABBA), so a noisy machine's load
+falls on all of them alike.
 
-Default (the issue's CPU target): full-width Net-D at Q=256 with flips on 500x375 JPEGs.
-The baseline is what one would write by hand: torchvision's vgg16 with the same weights, a
-hand-written dense forward (fc6 as a 7x7 conv, fc7 as 1x1), PIL decode, one image at a time,
-the flipped copy as a second forward.
+Workloads: 500x375 JPEGs (generated) and real mixed-size Caltech-101 images (--sets). For each:
 
-    python benchmarks/bench_extract.py                      # CPU, Net-D, Q=256, 16 images
-    python benchmarks/bench_extract.py --net E --scales 256,384,512 --device cuda --n 200
+- end to end: decode workers, engine and crash-safe store (what ``vggfeat extract`` runs; the
+  nets are built once, as the naive loop's is) per precision;
+- the naive loop: torchvision's vgg16/vgg19 with the same weights, fp32, NCHW, PIL decode,
+  one image at a time, the flip as a second forward, a hand-written dense fc6/fc7;
+- engine alone on pre-decoded, pre-rescaled images, beside the naive forward alone and a
+  per-scale fixed-shape forward (every image warped to one (Q, 4Q/3) shape: ideal batching);
+- decode alone (the workers' PIL decode and rescale);
+- achieved TFLOP/s (FLOPs counted from the network shapes: convolutions, then fc6/fc7 over the
+  valid map) and its fraction of a matmul peak measured in the same run;
+- peak host (and device) memory; device, versions and settings (with --json).
+
+    python benchmarks/bench_extract.py                           # CPU: Net-D, Q=256, 16 images/set
+    python benchmarks/bench_extract.py --net E --scales 256,384,512 --n 32 --json out.json
+    python benchmarks/bench_extract.py --width 0.25 --n 48       # narrowed net, quicker
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-import torchvision
-from PIL import Image
+from torch.utils.data import DataLoader
 
-from vggfeat.extract import ExtractConfig
-from vggfeat.nets import TORCHVISION_NAMES
-from vggfeat.pipeline import extract_to_store
-from vggfeat.weights import load_weights
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
 
-MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-
-
-def make_jpegs(folder: Path, n: int, size: tuple[int, int] = (375, 500)) -> list[Path]:
-    """Photo-like JPEGs: smooth colour fields plus fine noise, 500x375 like most of VOC."""
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(n):
-        low = rng.integers(0, 256, (size[0] // 25, size[1] // 25, 3), dtype=np.uint8)
-        img = np.asarray(Image.fromarray(low).resize(size[::-1], Image.Resampling.BICUBIC))
-        noisy = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
-        path = folder / f"{i:05d}.jpg"
-        Image.fromarray(noisy).save(path, quality=90)
-        paths.append(path)
-    return paths
+from vggfeat.extract import ExtractConfig, Extractor, _DecodeDataset  # noqa: E402
+from vggfeat.pipeline import extract_to_store  # noqa: E402
+from vggfeat.store import StoreWriter  # noqa: E402
+from vggfeat.versions import software_versions  # noqa: E402
+from vggfeat.weights import load_weights  # noqa: E402
 
 
-def naive_descriptor(tv: torch.nn.Module, path: Path, q: int, device: torch.device) -> np.ndarray:
-    """One image: PIL decode and resize, dense forward of the image and of its flip, GAP."""
-    img = Image.open(path).convert("RGB")
-    w, h = img.size
-    size = (q, round(w * q / h)) if h <= w else (round(h * q / w), q)
-    img = img.resize(size[::-1], Image.Resampling.BILINEAR)
-    x = torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float().div(255)
-    x = ((x - MEAN) / STD).to(device)
-    fc6, fc7 = tv.classifier[0], tv.classifier[3]
-    vecs = []
-    for inp in (x, x.flip(-1)):
-        feat = tv.features(inp)
-        y = F.relu(F.conv2d(feat, fc6.weight.view(fc6.out_features, -1, 7, 7), fc6.bias))
-        y = F.relu(F.conv2d(y, fc7.weight[:, :, None, None], fc7.bias))
-        vecs.append(y.mean(dim=(2, 3)))
-    return ((vecs[0] + vecs[1]) / 2)[0].cpu().numpy()
+def decode_alone(samples, config: ExtractConfig) -> float:
+    """Seconds for the loader's workers to decode and rescale ``samples``."""
+    import time
 
-
-def run_naive(weights, paths, scales, device) -> tuple[float, dict[int, np.ndarray]]:
-    tv = getattr(torchvision.models, TORCHVISION_NAMES[weights.net])()
-    tv.load_state_dict(weights.state_dict)
-    tv = tv.eval().to(device)
-    out = {}
+    loader = DataLoader(
+        _DecodeDataset(samples, config.scales, config.max_side),
+        batch_size=4,
+        num_workers=config.workers,
+        collate_fn=list,
+        prefetch_factor=2 if config.workers else None,
+    )
     start = time.perf_counter()
-    with torch.inference_mode():
-        for q in scales:
-            out[q] = np.stack([naive_descriptor(tv, p, q, device) for p in paths])
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
+    for _ in loader:
+        pass
+    return time.perf_counter() - start
 
 
-def run_ours(weights, paths, config, out_path) -> tuple[float, object]:
-    samples = [(p.name, str(p)) for p in paths]
-    start = time.perf_counter()
-    result = extract_to_store(samples, out_path, [weights], config, progress=False)
-    return time.perf_counter() - start, result.store
+def bench_set(name, paths, weights, args, tmp: Path) -> dict:
+    device = torch.device(args.device)
+    scales = tuple(int(s) for s in args.scales.split(","))
+    precisions = args.precision.split(",")
+    configs = {
+        p: ExtractConfig(
+            scales=scales,
+            flip=True,
+            device=args.device,
+            precision=p,
+            batch_size=args.batch_size,
+            workers=args.workers,
+        )  # fmt: skip
+        for p in precisions
+    }
+    extractors = {p: Extractor([weights], c) for p, c in configs.items()}
+    resolved = {p: ex.precision for p, ex in extractors.items()}
+    tv = C.torchvision_model(weights, device)
+    parts = C.split(paths, args.parts)
+    samples = [[(p.name, str(p)) for p in part] for part in parts]
+    n = len(paths)
+    sizes = C.image_sizes(paths)
+    flops = C.workload_flops(sizes, [weights.net], args.width, scales, True, 2048)
+
+    # Warm up every path (allocator, oneDNN/cuDNN kernel choice) on two images.
+    warm = [(p.name, str(p)) for p in paths[:2]]
+    for p, c in configs.items():
+        extract_to_store(warm, tmp / f"warm_{p}.h5", [weights], c, progress=False)
+    C.run_naive(tv, paths[:1], scales, device)
+
+    stores = {}
+
+    def ours(p: str, part: int) -> None:
+        # The engine is built once, as in one long run (the naive loop's net is, too); the
+        # decode workers, the engine and the crash-safe store run for every part.
+        ex = extractors[p]
+        writer = StoreWriter(tmp / f"{name}_{p}_{part}.h5", ex.settings(), software_versions())
+        ex.run(samples[part], writer.add, progress=False)
+        stores[(p, part)] = writer.finalize(order=[i for i, _ in samples[part]])
+
+    naive = {}
+
+    def naive_run(part):
+        naive[part] = C.run_naive(tv, parts[part], scales, device)
+
+    runs = {f"vggfeat {p} ({resolved[p]})": functools.partial(ours, p) for p in precisions}
+    runs["naive loop"] = naive_run
+    e2e = C.interleaved(runs, args.parts)
+
+    # Agreement with the naive loop (fp32 runs only).
+    diffs = {}
+    for p in precisions:
+        diffs[p] = max(
+            C.max_relative(
+                np.concatenate(
+                    [stores[(p, k)].descriptors(weights.net, q) for k in range(args.parts)]
+                ),
+                np.concatenate([naive[k][q] for k in range(args.parts)]),
+            )
+            for q in scales
+        )
+
+    # Engine alone, on pre-rescaled pixels, interleaved with the naive and fixed-shape forwards.
+    pre = [C.rescaled(part, scales, 2048) for part in parts]
+    fixed = C.FixedShape(extractors[precisions[0]])
+    fixed_inputs = [fixed.inputs(part, scales) for part in parts]
+
+    def engine_part(ex: Extractor, k: int) -> None:
+        ex.describe_scaled(pre[k])
+
+    engine_runs = {
+        f"engine {p} ({resolved[p]})": functools.partial(engine_part, ex)
+        for p, ex in extractors.items()
+    }
+    engine_runs["naive forward"] = lambda k: C.run_naive_engine(tv, pre[k], device)
+    engine_runs[f"fixed-shape forward ({resolved[precisions[0]]})"] = lambda k: fixed.run(
+        fixed_inputs[k]
+    )
+    engine = C.interleaved(engine_runs, args.parts)
+    decode_s = decode_alone([s for part in samples for s in part], configs[precisions[0]])
+
+    rows = {**e2e, **engine}
+    naive_e2e, naive_engine = e2e["naive loop"], engine["naive forward"]
+    result = {
+        "set": name,
+        "images": n,
+        "gflop_per_image": flops / n / 1e9,
+        "decode_images_per_s": n / decode_s,
+        "max_relative_difference_vs_naive": diffs,
+        "runs": {},
+    }
+    print(f"\n{name}: {n} images, {flops / n / 1e9:.1f} GFLOP/image (Q {list(scales)}, flips), "
+          f"decode alone {n / decode_s:.1f} img/s ({args.workers} workers)")  # fmt: skip
+    print(f"{'run':<40}{'seconds':>9}{'img/s':>8}{'TFLOP/s':>9}{'vs naive':>9}"
+          f"{'CPU s':>9}{'vs naive':>9}")  # fmt: skip
+    for key, t in rows.items():
+        base = naive_e2e if key in e2e else naive_engine
+        seconds = t["seconds"]
+        tflops = flops / seconds / 1e12
+        if key.startswith("fixed"):
+            tflops = float("nan")  # other pixel counts; the img/s compare
+        result["runs"][key] = {
+            **t,
+            "images_per_s": n / seconds,
+            "tflop_per_s": tflops,
+            "speedup_vs_naive": base["seconds"] / seconds,
+            "cpu_speedup_vs_naive": base["cpu_seconds"] / t["cpu_seconds"],
+        }
+        print(f"{key:<40}{seconds:>9.2f}{n / seconds:>8.3f}{tflops:>9.4f}"
+              f"{base['seconds'] / seconds:>8.2f}x{t['cpu_seconds']:>9.1f}"
+              f"{base['cpu_seconds'] / t['cpu_seconds']:>8.2f}x")  # fmt: skip
+    for p, d in diffs.items():
+        print(f"max relative descriptor difference, vggfeat {p} vs naive fp32: {d:.2e}")
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=16, help="number of 500x375 JPEGs")
+    parser.add_argument("--n", type=int, default=16, help="images per set")
+    parser.add_argument("--sets", default="uniform,caltech", help="uniform (500x375), caltech")
+    parser.add_argument("--caltech-root", default=None)
     parser.add_argument("--net", default="D")
+    parser.add_argument("--width", type=float, default=1.0, help="channel multiplier (< 1: quick)")
     parser.add_argument("--scales", default="256")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=0, help="0: the engine's default")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--precision", default="fp32")
     parser.add_argument(
-        "--baseline-n",
-        type=int,
-        default=None,
-        help="images for the naive loop (default: --n); rates are per image",
+        "--precision", default="auto", help="comma-separated: auto (the default), fp32, bf16"
     )
+    parser.add_argument("--parts", type=int, default=4, help="interleaved parts (ABBA...)")
+    parser.add_argument("--json", default=None, help="write the results as JSON")
     args = parser.parse_args()
-    scales = tuple(int(s) for s in args.scales.split(","))
     device = torch.device(args.device)
     torch.manual_seed(0)
-    weights = load_weights("random", args.net)
-    config = ExtractConfig(scales=scales, flip=True, device=args.device, batch_size=args.batch_size,
-                           workers=args.workers, precision=args.precision)  # fmt: skip
-
+    weights = load_weights("random", args.net, width=args.width)
+    peak_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = C.matmul_peak(device, peak_dtype, 8192 if device.type == "cuda" else 2048)
+    record = C.environment(device, vars(args))
+    record["matmul_peak_tflop_per_s"] = {str(peak_dtype): peak}
+    print(f"device: {record['device']}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; net {args.net} "
+          f"width {args.width}, scales {args.scales}, flips on; matmul peak ({peak_dtype}) "
+          f"{peak:.3f} TFLOP/s")  # fmt: skip
+    record["sets"] = []
     with tempfile.TemporaryDirectory() as tmp:
-        paths = make_jpegs(Path(tmp), args.n)
-        # Warm up both paths (allocator, oneDNN/cuDNN kernel choice) on two images.
-        run_ours(weights, paths[:2], config, Path(tmp) / "warm.h5")
-        run_naive(weights, paths[:1], scales, device)
-        t_ours, store = run_ours(weights, paths, config, Path(tmp) / "ours.h5")
-        n_base = args.baseline_n or args.n
-        t_naive, naive = run_naive(weights, paths[:n_base], scales, device)
-        diff = max(
-            float(np.abs(store.descriptors(weights.net, q)[:n_base] - naive[q]).max()
-                  / np.abs(naive[q]).max())
-            for q in scales
-        )  # fmt: skip
-
-    rate_ours, rate_naive = args.n / t_ours, n_base / t_naive
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}, threads {torch.get_num_threads()}; net {args.net} "
-          f"({TORCHVISION_NAMES[args.net]}), scales {list(scales)}, flips on, "
-          f"{args.precision}, 500x375 JPEGs")  # fmt: skip
-    print(f"{'run':<40}{'images':>8}{'seconds':>10}{'img/s':>10}")
-    print(f"{'vggfeat extract (store included)':<40}{args.n:>8}{t_ours:>10.2f}{rate_ours:>10.3f}")
-    print(f"{'naive loop (torchvision, 1 at a time)':<40}{n_base:>8}{t_naive:>10.2f}"
-          f"{rate_naive:>10.3f}")  # fmt: skip
-    print(
-        f"speed-up: {rate_ours / rate_naive:.2f}x   max relative descriptor difference: {diff:.2e}"
-    )
+        tmp = Path(tmp)
+        for name in args.sets.split(","):
+            if name == "uniform":
+                paths = C.make_jpegs(tmp / "uniform", args.n)
+            else:
+                paths = C.caltech_images(args.n, args.caltech_root)
+            result = bench_set(name, paths, weights, args, tmp)
+            for run in result["runs"].values():
+                run["fraction_of_matmul_peak"] = run["tflop_per_s"] / peak
+            record["sets"].append(result)
+    record["peak_host_memory_mib"] = C.peak_host_memory_mib()
+    record["peak_device_memory_mib"] = C.peak_device_memory_mib(device)
+    print(f"peak host memory: {record['peak_host_memory_mib']}")
+    C.write_json(args.json, record)
 
 
 if __name__ == "__main__":

@@ -189,6 +189,7 @@ def main(
     import torch  # imported before timing: the baseline pays no import either
     from sklearn.svm import LinearSVC
 
+    import vggfeat.sweep  # noqa: F401  (numba) imported before timing, like torch
     from vggfeat.metrics import average_precision
     from vggfeat.svm import DEFAULT_CS, SVMClassifier
 

@@ -192,6 +192,30 @@ def test_sigkill_at_several_points_resumes_to_the_same_store(tmp_path):
     assert not parts.exists() and not list(tmp_path.glob(".*.tmp"))
 
 
+def test_precision_auto_and_device_decode_are_recorded(images, tmp_path):
+    import torch
+
+    from vggfeat.devices import resolve_precision
+
+    out = tmp_path / "auto.h5"
+    result = _invoke("extract", *TINY, "--precision", "auto", "--device", "cpu", "--out", out,
+                     images[0].parent)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    ran = resolve_precision("auto", torch.device("cpu"))
+    assert FeatureStore(out).settings["precision"] == ran  # what ran, not 'auto'
+    again = _invoke("extract", *TINY, "--precision", ran, "--device", "cpu", "--out", out,
+                    images[0].parent)  # fmt: skip
+    assert again.exit_code == 0 and "0 images extracted" in again.output  # same settings
+
+    device = tmp_path / "device.h5"
+    result = _invoke("extract", *TINY, "--decode", "device", "--device", "cpu", "--out", device,
+                     images[0].parent)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "decode_jpeg" in FeatureStore(device).settings["decoder"]
+    mixed = _invoke("extract", *TINY, "--device", "cpu", "--out", device, images[0].parent)
+    assert mixed.exit_code == 1 and "decoder" in mixed.output  # not mixed with PIL decoding
+
+
 # --- storage integrity through the CLI (issue 12; issue 8 items 2 and 6) --------------------------
 
 

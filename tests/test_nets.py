@@ -90,9 +90,12 @@ def test_dense_map_size_and_small_input_error():
             dense(torch.randn(1, 3, 200, 300))
 
 
-def test_masked_batch_equals_single_images():
+@pytest.mark.parametrize("multiply", [False, True])
+def test_masked_batch_equals_single_images(multiply):
+    """Both ways of zeroing padding (slices on the CPU, a mask multiply on GPUs) are exact."""
     torch.manual_seed(1)
     dense = DenseVGG(VGG("D", width=1 / 16).eval())
+    dense.mask_multiply = multiply
     shapes = [(224, 224), (256, 320), (230, 250)]
     singles = [torch.randn(1, 3, *s) for s in shapes]
     canvas = torch.zeros(3, 3, 256, 320)

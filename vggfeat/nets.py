@@ -49,6 +49,9 @@ _ALIASES = {v: k for k, v in TORCHVISION_NAMES.items()}
 FC_WIDTH = 4096
 # Layers the dense engine can pool: the paper's descriptor is fc7 (after ReLU).
 LAYERS = ("fc7", "fc6", "pool5")
+# fc6 windows per matrix product: bounds the (rows, C*49) window copy (411 MB in fp32 at
+# full width) whatever the image and batch size.
+_ROWS_PER_PRODUCT = 4096
 
 
 def canonical_net(name: str) -> str:
@@ -168,6 +171,67 @@ def _valid_mask(sizes: torch.Tensor, shape: tuple[int, int], like: torch.Tensor)
     return (rows[:, None, :, None] & cols[:, None, None, :]).to(like.dtype)
 
 
+def _to_device(values: list, device: torch.device) -> torch.Tensor:
+    """A small int64 tensor on ``device``, copied without making the host wait for a GPU."""
+    t = torch.tensor(values, dtype=torch.int64)
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t
+
+
+def _check_layer(layer: str) -> None:
+    if layer not in LAYERS and layer != "fc8":
+        raise VggfeatError(f"Unknown layer {layer!r}. Valid layers: {', '.join(LAYERS)}.")
+
+
+def _check_pool5(x: torch.Tensor) -> None:
+    if x.shape[-2] < 7 or x.shape[-1] < 7:
+        raise VggfeatError(
+            f"pool5 map is {tuple(x.shape[-2:])}, smaller than fc6's 7x7: the image's "
+            "smallest side must be at least 224 pixels."
+        )
+
+
+class _Padding:
+    """The valid (h, w) of each sample of a padded batch, as the maps shrink through the net.
+
+    Padding is zeroed by slices on the CPU (touching only the padded area) and by one mask
+    multiply per layer on a GPU (one kernel instead of two per sample, no host sync).
+
+    Args:
+        sizes: (N, 2) valid sizes of the input; read on the host once.
+        device: Where the maps live.
+        multiply: Zero by mask multiply instead of slices.
+    """
+
+    def __init__(self, sizes: torch.Tensor, device: torch.device, multiply: bool) -> None:
+        self.hw = [(int(h), int(w)) for h, w in sizes.tolist()]
+        self.multiply = multiply
+        self._on_device = _to_device(self.hw, device) if multiply else None
+
+    def zero_(self, x: torch.Tensor) -> torch.Tensor:
+        """Zero, in place, everything outside each sample's valid region of ``x``."""
+        if self.multiply:
+            return x.mul_(_valid_mask(self._on_device, x.shape[-2:], x))
+        return _zero_padding_(x, self.hw)
+
+    def shrink(self, divide: int = 1, subtract: int = 0) -> None:
+        """Follow a pooling (``divide``) or a valid convolution (``subtract``)."""
+        self.hw = [(h // divide - subtract, w // divide - subtract) for h, w in self.hw]
+        if self._on_device is not None:
+            self._on_device = self._on_device // divide - subtract
+
+    def tensor(self, device: torch.device) -> torch.Tensor:
+        """(N, 2) valid sizes on ``device``."""
+        if self._on_device is not None:
+            return self._on_device
+        return _to_device(self.hw, device)
+
+    def positions(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(sample, row, col) of every valid position, as index tensors on ``device`` (built
+        on the host: a boolean mask would make the host wait for the GPU)."""
+        index = [(n, i, j) for n, (h, w) in enumerate(self.hw) for i in range(h) for j in range(w)]
+        return _to_device(index, device).reshape(-1, 3).unbind(1)
+
+
 class DenseVGG(nn.Module):
     """Fully-convolutional view of a VGG: fc6 as a 7x7 conv, fc7 and fc8 as 1x1 convs.
 
@@ -183,6 +247,8 @@ class DenseVGG(nn.Module):
     def __init__(self, vgg: VGG) -> None:
         super().__init__()
         self.vgg = vgg
+        # How padding is zeroed: None picks slices on the CPU and a mask multiply elsewhere.
+        self.mask_multiply: bool | None = None
 
     def fc_conv(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(weight, bias) of classifier[index] as a conv: fc6 is 7x7, fc7 and fc8 are 1x1."""
@@ -194,6 +260,53 @@ class DenseVGG(nn.Module):
             kernel = linear.weight.view(out_features, in_features, 1, 1)
         return kernel, linear.bias
 
+    def _pool5(
+        self, x: torch.Tensor, sizes: torch.Tensor | None
+    ) -> tuple[torch.Tensor, _Padding | None]:
+        multiply = x.device.type != "cpu" if self.mask_multiply is None else self.mask_multiply
+        pad = None if sizes is None else _Padding(sizes, x.device, multiply)
+        for module in self.vgg.features:
+            if pad is not None and isinstance(module, nn.Conv2d):
+                x = pad.zero_(x)
+            x = module(x)
+            if pad is not None and isinstance(module, nn.MaxPool2d):
+                pad.shrink(divide=2)
+        _check_pool5(x)
+        return x, pad
+
+    def _windows(self, x: torch.Tensor, keep: tuple[torch.Tensor, ...] | None) -> torch.Tensor:
+        """fc6 inputs: 7x7 pool5 windows as rows (M, C*49), C-major as the Linear expects;
+        every window in (n, i, j) order, or those at the (n, i, j) indices ``keep``."""
+        n, c = x.shape[:2]
+        windows = x.unfold(2, 7, 1).unfold(3, 7, 1).permute(0, 2, 3, 1, 4, 5)
+        return (windows if keep is None else windows[keep]).reshape(-1, c * 49)
+
+    def _classify_rows(self, rows: torch.Tensor, layer: str) -> torch.Tensor:
+        """fc6 (and fc7, fc8) of (M, C*49) pool5 windows: (M, out) after ReLU (none on fc8)."""
+        for index, name in ((0, "fc6"), (3, "fc7"), (6, "fc8")):
+            linear = self.vgg.classifier[index]
+            rows = F.linear(rows, linear.weight, linear.bias)
+            if name == layer == "fc8":
+                return rows
+            rows = F.relu(rows, inplace=True)
+            if name == layer:
+                return rows
+        raise AssertionError("unreachable")
+
+    def _maps(
+        self, x: torch.Tensor, layer: str, sizes: torch.Tensor | None
+    ) -> tuple[torch.Tensor, _Padding | None]:
+        _check_layer(layer)
+        x, pad = self._pool5(x, sizes)
+        if layer == "pool5":
+            return x, pad
+        if pad is not None:
+            x = pad.zero_(x)
+            pad.shrink(subtract=6)
+        n, _, h, w = x.shape
+        rows = self._classify_rows(self._windows(x, None), layer)
+        return rows.view(n, h - 6, w - 6, -1).permute(0, 3, 1, 2), pad
+
     def forward_maps(
         self, x: torch.Tensor, layer: str = "fc7", sizes: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -202,46 +315,58 @@ class DenseVGG(nn.Module):
         Returns:
             The (N, C, h, w) map and the (N, 2) valid sizes of that map (None if ``sizes`` is).
         """
-        if layer not in LAYERS and layer != "fc8":
-            raise VggfeatError(f"Unknown layer {layer!r}. Valid layers: {', '.join(LAYERS)}.")
-        valid = None if sizes is None else [(int(h), int(w)) for h, w in sizes.tolist()]
-        for module in self.vgg.features:
-            if valid is not None and isinstance(module, nn.Conv2d):
-                x = _zero_padding_(x, valid)
-            x = module(x)
-            if valid is not None and isinstance(module, nn.MaxPool2d):
-                valid = [(h // 2, w // 2) for h, w in valid]
-        if valid is not None:
-            sizes = torch.tensor(valid, device=x.device)
-        if x.shape[-2] < 7 or x.shape[-1] < 7:
-            raise VggfeatError(
-                f"pool5 map is {tuple(x.shape[-2:])}, smaller than fc6's 7x7: the image's "
-                "smallest side must be at least 224 pixels."
-            )
-        if layer == "pool5":
-            return x, sizes
-        for index, name in ((0, "fc6"), (3, "fc7"), (6, "fc8")):
-            if valid is not None and index == 0:
-                x = _zero_padding_(x, valid)
-                sizes = sizes - 6
-            weight, bias = self.fc_conv(index)
-            x = F.conv2d(x, weight, bias)
-            if name == layer == "fc8":
-                return x, sizes
-            x = F.relu(x, inplace=True)
-            if name == layer:
-                return x, sizes
-        raise AssertionError("unreachable")
+        maps, pad = self._maps(x, layer, sizes)
+        return maps, None if pad is None else pad.tensor(maps.device)
 
     def forward(
         self, x: torch.Tensor, layer: str = "fc7", sizes: torch.Tensor | None = None
     ) -> torch.Tensor:
-        """Global-average-pooled ``layer`` descriptors (N, C) of (N, 3, H, W) input."""
-        maps, valid = self.forward_maps(x, layer, sizes)
-        if valid is None:
+        """Global-average-pooled ``layer`` descriptors (N, C) of (N, 3, H, W) input.
+
+        fc6, fc7 and fc8 run as matrix products over the 7x7 pool5 windows inside each image
+        (the dense evaluation, without the work a 7x7 convolution would spend on padding, and
+        without the weight re-layout a convolution library does on every call). The pool sums
+        in float32 whatever the maps' dtype.
+        """
+        _check_layer(layer)
+        x, pad = self._pool5(x, sizes)
+        return self._head(x, layer, pad)
+
+    def pool5_descriptors(self, pool5: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
+        """:meth:`forward` from unpadded (N, C, h, w) pool5 maps computed elsewhere (e.g. by
+        a conv stack with pre-laid-out weights): (N, C') pooled ``layer`` descriptors."""
+        _check_layer(layer)
+        _check_pool5(pool5)
+        return self._head(pool5, layer, None)
+
+    def _head(self, x: torch.Tensor, layer: str, pad: _Padding | None) -> torch.Tensor:
+        if layer == "pool5":
+            return self._average(x.float(), pad)
+        if pad is not None:
+            pad.shrink(subtract=6)
+            if min(min(hw) for hw in pad.hw) < 1:
+                raise VggfeatError("An image in the batch is smaller than fc6's 7x7 pool5 window.")
+        n, _, h, w = x.shape
+        keep = None
+        if pad is not None:
+            keep = pad.positions(x.device)  # fc6 windows inside each image
+            owner = keep[0]
+            counts = pad.tensor(x.device).prod(dim=1).float()
+        else:
+            owner = torch.arange(n, device=x.device).repeat_interleave((h - 6) * (w - 6))
+            counts = torch.full((n,), float((h - 6) * (w - 6)), device=x.device)
+        rows = self._windows(x, keep)
+        total = None
+        for start in range(0, len(rows), _ROWS_PER_PRODUCT):
+            out = self._classify_rows(rows[start : start + _ROWS_PER_PRODUCT], layer).float()
+            if total is None:
+                total = torch.zeros((n, out.shape[1]), device=x.device)
+            total.index_add_(0, owner[start : start + _ROWS_PER_PRODUCT], out)
+        return total / counts[:, None]
+
+    def _average(self, maps: torch.Tensor, pad: _Padding | None) -> torch.Tensor:
+        if pad is None:
             return maps.mean(dim=(-2, -1))
-        if bool((valid < 1).any()):
-            raise VggfeatError("An image in the batch is smaller than fc6's 7x7 pool5 window.")
-        mask = _valid_mask(valid, maps.shape[-2:], maps)
-        total = (maps * mask).sum(dim=(-2, -1))
+        valid = pad.tensor(maps.device)
+        total = (maps * _valid_mask(valid, maps.shape[-2:], maps)).sum(dim=(-2, -1))
         return total / (valid[:, 0] * valid[:, 1]).to(maps.dtype)[:, None]

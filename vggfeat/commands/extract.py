@@ -83,12 +83,30 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
     show_default=True,
     help="Layer to pool (after ReLU).",
 )
-@click.option("--batch-size", default=8, show_default=True, help="Images per forward pass.")
+@click.option(
+    "--batch-size",
+    default=0,
+    help="Images per forward pass [default: 4 on the CPU, 32 on a GPU].",
+)
 @click.option("--workers", default=2, show_default=True, help="Background decoding processes.")
 @device_option
 @click.option(
-    "--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bf16 where the device runs it natively (Ampere+ GPUs, AVX512-BF16/AMX CPUs), "
+    "else fp32; the store records the one that ran.",
 )
+@click.option(
+    "--decode",
+    type=click.Choice(["cpu", "device"]),
+    default="cpu",
+    show_default=True,
+    help="Where JPEGs are decoded and rescaled: cpu (PIL, in the workers) or device (nvJPEG "
+    "on the GPU, when the CPU cannot keep up; recorded, not mixed with cpu stores).",
+)
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the nets (GPU runs).")
 @click.option(
     "--max-side",
     default=2048,
@@ -125,8 +143,9 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
 @click.option("--width", default=1.0, hidden=True, help="Channel multiplier (tests only).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, flip, layer,
-            batch_size, workers, device, precision, max_side, out, checkpoint_every,
-            retry_failed, verify, content_hash, width, quiet) -> None:  # fmt: skip
+            batch_size, workers, device, precision, decode, compile_, max_side, out,
+            checkpoint_every, retry_failed, verify, content_hash, width,
+            quiet) -> None:  # fmt: skip
     """Extract flip-averaged fc7 descriptors of INPUTS (image files or folders) at each scale.
 
     \b
@@ -138,10 +157,15 @@ def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, fl
     failed before (retried unless --no-retry-failed). One process at a time may write a store;
     a second is refused.
 
+    Under torchrun (`torchrun --nproc-per-node N -m vggfeat extract ...`) the images are
+    shared out among the processes, each writes a shard, and rank 0 joins them into --out.
+
     Exit status: 0 when every image in the store worked, 3 when some failed (listed by
-    `vggfeat info`), 1 on a usage, input or output error (one line, no traceback).
+    `vggfeat info`; under torchrun 0, which torchrun would take for a crash), 1 on a usage,
+    input or output error (one line, no traceback).
     """
     from vggfeat.datasets import ScanReport, find_images
+    from vggfeat.distributed import current_rank, extract_distributed
     from vggfeat.extract import ExtractConfig
     from vggfeat.nets import canonical_net
     from vggfeat.pipeline import extract_to_store
@@ -155,19 +179,26 @@ def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, fl
         net_names = [infer_net(single) if file else "D"]
     config = ExtractConfig(scales=scales, flip=flip, layer=layer, precision=precision,
                            device=device, batch_size=batch_size, workers=workers,
-                           max_side=max_side)  # fmt: skip
-    scan = ScanReport()
-    samples = find_images(inputs, root=root, list_file=list_file, report=scan)
-    click.echo(scan.summary(), err=True)
+                           max_side=max_side, decode=decode, compile=compile_)  # fmt: skip
+    rank = current_rank()  # torchrun: shard, extract, and rank 0 joins the shards
     sources = _weights_by_net(weights, net_names)
     loaded = [load_weights(sources[n], n, preprocess, seed=seed, width=width) for n in net_names]
+    scan = ScanReport()  # after the weights: a bad --weights is refused before a long scan
+    samples = find_images(inputs, root=root, list_file=list_file, report=scan)
+    if rank is None or rank.rank == 0:
+        click.echo(scan.summary(), err=True)
     for w in loaded:
         click.echo(f"net {w.net}: {w.label}, {w.preprocess.name} preprocessing", err=True)
-    result = extract_to_store(samples, out, loaded, config, progress=not quiet,
-                              rows_per_part=checkpoint_every, retry_failed=retry_failed,
-                              content_hash=content_hash, verify=verify,
-                              log=lambda line: click.echo(printable(line), err=True))  # fmt: skip
+    run = extract_to_store if rank is None else extract_distributed
+    result = run(samples, out, loaded, config, progress=not quiet,
+                 rows_per_part=checkpoint_every, retry_failed=retry_failed,
+                 content_hash=content_hash, verify=verify,
+                 log=lambda line: click.echo(printable(line), err=True))  # fmt: skip
+    if result is None:  # a torchrun rank other than 0: rank 0 reports for all
+        return
     s = result.summary
+    for notice in s.notices:
+        click.echo(f"  notice: {notice}", err=True)
     click.echo(
         f"{s.done - len(s.failed)} images extracted, {len(s.failed)} failed, "
         f"{len(s.changed)} cropped, {result.skipped} already in store "
@@ -184,4 +215,5 @@ def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, fl
     if failed_in_store:
         if failed_in_store > len(s.failed):
             click.echo(f"{failed_in_store} images in the store failed (see `vggfeat info {out}`)")
-        sys.exit(EXIT_SOME_FAILED)
+        if rank is None:
+            sys.exit(EXIT_SOME_FAILED)

@@ -24,6 +24,7 @@ import argparse
 import json
 import sys
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -87,8 +88,13 @@ def main() -> None:
         "--shard",
         default=None,
         metavar="I/N",
-        help="With --only: extract every N-th image from the I-th (0-based) into its own "
-        "store; a full run combines the shards first.",
+        help="With --only: extract the I-th (0-based) of N disjoint parts of the images into "
+        "its own store; a full run combines the shards first.",
+    )
+    parser.add_argument(
+        "--variants",
+        default="abcde",
+        help="Only these rows, e.g. 'ed' (two processes can share the five rows).",
     )
     args = parser.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -124,7 +130,10 @@ def main() -> None:
         todo = items()
         if args.shard:
             i, n = (int(v) for v in args.shard.split("/"))
-            path, todo = args.work / f"{name}-{i}of{n}.h5", todo[i::n]
+            # By a hash of the id, not by position: a changed split (other draws) moves no
+            # image that a killed shard run already extracted into another shard.
+            todo = [s for s in todo if zlib.crc32(s[0].encode()) % n == i]
+            path = args.work / f"{name}-{i}of{n}.h5"
         else:
             combine_shards(path)
         result = extract_to_store(todo, path, [weights], config)
@@ -146,7 +155,11 @@ def main() -> None:
     index = {c: k for k, c in enumerate(labels.classes)}
     by_id = dict(zip(labels.ids, labels.y))
     rows = []
-    for name, (store, spec) in variants.items():
+    chosen = sorted(
+        (n for n in variants if n[1] in args.variants), key=lambda n: args.variants.index(n[1])
+    )
+    for name in chosen:
+        store, spec = variants[name]
         recalls = []
         for s, (train, test) in draws.items():
             x_train = design_matrix([stores[store]], train, spec, role="training")

@@ -258,7 +258,7 @@ def test_final_checkpoint_is_directly_usable_and_recorded(tmp_path, images):
     info = CliRunner().invoke(cli, ["weights", "info", str(run / "final.pth")])
     assert info.exit_code == 0, info.output
     assert "vggfeat training checkpoint" in info.output and "trained on  24 images" in info.output
-    assert "val top-1 %" in info.output
+    assert "val top-1 err %" in info.output
 
 
 # ----------------------------------------------------------------------------- bad input

@@ -60,8 +60,8 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
     multiple=True,
     default=("imagenet",),
     show_default=True,
-    help="imagenet (torchvision IMAGENET1K_V1), random, or a weights file; "
-    "NET=SOURCE sets one net's weights.",
+    help="imagenet (torchvision IMAGENET1K_V1), demo (the shipped demo net), random, or a "
+    "weights file; NET=SOURCE sets one net's weights.",
 )
 @click.option(
     "--preprocess",

@@ -247,8 +247,9 @@ def format_training(t: dict[str, Any]) -> list[str]:
              f"{e['images_per_second']:.1f}"]
             for e in t["epochs"]
         ]  # fmt: skip
-        headers = ["epoch", "lr", "train loss", "train top-1 %", "val loss", "val top-1 %",
-                   "val top-5 %", "img/s"]  # fmt: skip
+        # Errors, as in the paper's tables (and the "final val" line above), not accuracies.
+        headers = ["epoch", "lr", "train loss", "train top-1 err %", "val loss",
+                   "val top-1 err %", "val top-5 err %", "img/s"]  # fmt: skip
         lines += ["", *format_table(headers, rows).splitlines()]
     return lines
 

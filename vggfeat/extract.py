@@ -18,12 +18,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vggfeat.datasets.samples import sample_box
 from vggfeat.devices import resolve_device
 from vggfeat.errors import VggfeatError
 from vggfeat.images import (
     DEFAULT_MAX_SIDE,
     INTERPOLATION,
     check_scales,
+    crop_box,
     failure_reason,
     load_image,
     rescale_all,
@@ -111,16 +113,19 @@ class _Decoded:
 class _DecodeDataset(Dataset):
     """Decodes and rescales samples; runs inside DataLoader workers."""
 
-    def __init__(self, samples: Sequence[tuple[str, str]], scales: Sequence[int], max_side: int):
+    def __init__(self, samples: Sequence[Sequence], scales: Sequence[int], max_side: int):
         self.samples, self.scales, self.max_side = samples, scales, max_side
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> _Decoded:
-        id_, path = self.samples[index]
+        sample = self.samples[index]
+        id_, path, box = sample[0], sample[1], sample_box(sample)
         try:
             image = load_image(path, self.scales)
+            if box is not None:  # a region: cut out before rescaling, then as any image
+                image = crop_box(image, box)
             scaled, note = rescale_all(image.pixels, self.scales, self.max_side)
         except Exception as exc:  # whatever one image raises is its failed row; the run goes on
             return _Decoded(index, id_, None, reason=failure_reason(exc))
@@ -265,9 +270,10 @@ class Extractor:
         sink: Callable[[Row], None],
         progress: bool = True,
     ) -> ExtractSummary:
-        """Extract ``samples`` (id, path); hand every finished image to ``sink`` in input order.
+        """Extract ``samples`` (id, path[, box]); hand every finished image to ``sink`` in input
+        order. A sample with a box is that region of its image (see ``Sample``).
 
-        A bad image becomes a failed row with its reason; the run goes on.
+        A bad image (or box) becomes a failed row with its reason; the run goes on.
         """
         from tqdm import tqdm
 

@@ -7,12 +7,12 @@ before rescaling, so images and regions share one code path, and the store recor
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 from vggfeat.images import Box
 
-__all__ = ["Box", "Sample", "region_id", "sample_box"]
+__all__ = ["Box", "Sample", "region_id", "sample_box", "unique_samples"]
 
 
 class Sample(NamedTuple):
@@ -33,3 +33,12 @@ def region_id(image_id: str, index: int) -> str:
     """The store id of region ``index`` of an image: ``<image id>#<index>`` (VOC: the 1-based
     object index in the image's annotation, e.g. ``2012_000001.jpg#2``)."""
     return f"{image_id}#{index}"
+
+
+def unique_samples(groups: Iterable[Iterable[Sequence]]) -> list[Sequence]:
+    """The samples of several groups (e.g. splits), each id once, in first-seen order."""
+    seen: dict[str, Sequence] = {}
+    for group in groups:
+        for sample in group:
+            seen.setdefault(sample[0], sample)
+    return list(seen.values())

@@ -15,10 +15,12 @@ __all__ = ["cli", "main"]
 
 _COMMANDS = {
     "demo": "vggfeat.commands.demo:demo",
+    "evaluate": "vggfeat.commands.evaluate:evaluate",
     "extract": "vggfeat.commands.extract:extract",
     "info": "vggfeat.commands.info:info",
     "merge": "vggfeat.commands.merge:merge",
     "svm": "vggfeat.commands.svm:svm",
+    "train": "vggfeat.commands.train:train",
     "weights": "vggfeat.commands.weights:weights",
 }
 

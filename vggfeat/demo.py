@@ -1,79 +1,86 @@
-"""The embedded default for ``vggfeat demo``: a small labelled image set drawn on the fly."""
+"""The embedded default of ``vggfeat demo``: the trained demo net and real photos of classes it
+never saw.
+
+The demo net is a narrowed Net-D trained by ``vggfeat train`` on 48 "source" classes of
+Caltech-101 (``recipes/demo_weights.sh``); the bundled images are 40 photos of each of 8 of the
+49 held-out "target" classes. The demo is therefore a real transfer run: descriptors of a net
+trained on some classes, linear SVMs for others.
+
+Images: Caltech-101, L. Fei-Fei, R. Fergus and P. Perona, "Learning generative visual models
+from few training examples", CVPR 2004 Workshop on Generative-Model Based Vision; published by
+CaltechDATA under CC BY 4.0 (https://doi.org/10.22002/D1.20086). See vggfeat/data/README.md.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import os
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from vggfeat.errors import VggfeatError
+from vggfeat.images import IMAGE_EXTENSIONS
 
-__all__ = ["DEMO_CLASSES", "make_demo_dataset"]
+__all__ = [
+    "DATA_DIR",
+    "DEMO_IMAGES",
+    "DEMO_WEIGHTS_FILE",
+    "ATTRIBUTION",
+    "demo_classes",
+    "demo_images",
+    "write_demo_labels",
+]
 
-DEMO_CLASSES = ("stripes", "checkers", "rings", "dots")
-
-
-def _pattern(kind: str, h: int, w: int, rng: np.random.Generator) -> np.ndarray:
-    """(h, w) pattern in [0, 1] of one class, with random frequency, phase and orientation."""
-    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
-    period = rng.uniform(12, 40)
-    angle = rng.uniform(0, np.pi)
-    u = x * np.cos(angle) + y * np.sin(angle)
-    v = -x * np.sin(angle) + y * np.cos(angle)
-    if kind == "stripes":
-        return 0.5 + 0.5 * np.sin(2 * np.pi * u / period)
-    if kind == "checkers":
-        return ((np.floor(u / period) + np.floor(v / period)) % 2).astype(np.float64)
-    if kind == "rings":
-        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        return 0.5 + 0.5 * np.sin(2 * np.pi * np.hypot(y - cy, x - cx) / period)
-    pattern = np.zeros((h, w))
-    for _ in range(int(h * w / period**2 / 2)):
-        cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(3, period / 2)
-        pattern[(y - cy) ** 2 + (x - cx) ** 2 < r**2] = 1.0
-    return pattern
+DATA_DIR = Path(__file__).resolve().parent / "data"
+DEMO_WEIGHTS_FILE = DATA_DIR / "demo_vgg16.pth"
+DEMO_IMAGES = DATA_DIR / "demo_images"
+ATTRIBUTION = (
+    "Images: Caltech-101 (Fei-Fei, Fergus, Perona 2004), CaltechDATA, CC BY 4.0 "
+    "(https://doi.org/10.22002/D1.20086)"
+)
 
 
-# Each class has its own palette (jittered per image), as real categories have typical colours.
-_PALETTES = {
-    "stripes": ((200, 60, 40), (240, 220, 200)),
-    "checkers": ((20, 20, 20), (230, 230, 230)),
-    "rings": ((40, 90, 200), (250, 200, 60)),
-    "dots": ((30, 140, 60), (120, 70, 30)),
-}
+def demo_classes() -> list[str]:
+    """The bundled target classes (sorted folder names)."""
+    if not DEMO_IMAGES.is_dir():
+        raise VggfeatError(
+            f"The demo images {DEMO_IMAGES} are missing from this install: reinstall vggfeat."
+        )
+    return sorted(p.name for p in DEMO_IMAGES.iterdir() if p.is_dir())
 
 
-def _image(kind: str, rng: np.random.Generator) -> Image.Image:
-    h, w = int(rng.integers(240, 320)), int(rng.integers(240, 400))
-    pattern = _pattern(kind, h, w, rng)[..., None]
-    fg, bg = (np.array(c) + rng.normal(0, 25, 3) for c in _PALETTES[kind])
-    pixels = pattern * fg + (1 - pattern) * bg + rng.normal(0, 10, (h, w, 3))
-    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+def demo_images(per_class: int | None = None) -> list[tuple[str, Path]]:
+    """(class, path) of the bundled images: the first ``per_class`` of each class (by name)."""
+    out = []
+    for name in demo_classes():
+        files = sorted(
+            p for p in (DEMO_IMAGES / name).iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        out += [(name, p) for p in files[:per_class]]
+    return out
 
 
-def make_demo_dataset(
-    folder: str | os.PathLike, per_class: int = 10, seed: int = 0
-) -> tuple[Path, Path]:
-    """Write ``per_class`` JPEGs of each of DEMO_CLASSES under ``folder/images/<class>/`` and a
-    labels CSV (``id,label,split``; half of each class train, half test).
+def write_demo_labels(path: str | os.PathLike, per_class: int | None = None) -> tuple[int, int]:
+    """Write the demo's labels CSV (``id,label,split``): per class, alternate images train/test.
+
+    Ids are paths relative to :data:`DEMO_IMAGES` (``beaver/image_0001.jpg``), the ids
+    ``vggfeat extract --root DEMO_IMAGES`` writes.
 
     Returns:
-        (images folder, labels CSV path).
+        (training images, test images).
     """
-    rng = np.random.default_rng(seed)
-    root = Path(folder)
-    images = root / "images"
-    rows = []
-    for kind in DEMO_CLASSES:
-        (images / kind).mkdir(parents=True, exist_ok=True)
-        for i in range(per_class):
-            id_ = f"{kind}/{kind}_{i:03d}.jpg"
-            _image(kind, rng).save(images / id_, quality=90)
-            rows.append((id_, kind, "train" if i % 2 == 0 else "test"))
-    labels = root / "labels.csv"
-    with open(labels, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(("id", "label", "split"))
-        writer.writerows(rows)
-    return images, labels
+    from vggfeat.files import publish_bytes
+
+    rows, counts = [("id", "label", "split")], {"train": 0, "test": 0}
+    seen: dict[str, int] = {}
+    for name, file in demo_images(per_class):
+        split = "train" if seen.get(name, 0) % 2 == 0 else "test"
+        seen[name] = seen.get(name, 0) + 1
+        counts[split] += 1
+        rows.append((file.relative_to(DEMO_IMAGES).as_posix(), name, split))
+    if min(seen.values(), default=0) < 2:
+        raise VggfeatError("The demo needs at least 2 images per class (--per-class 2 or more).")
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerows(rows)
+    publish_bytes(path, text.getvalue())
+    return counts["train"], counts["test"]

@@ -36,10 +36,20 @@ __all__ = [
     "infer_net",
     "sha256_file",
     "WEIGHTS_FORMAT",
+    "DEMO_WEIGHTS",
+    "demo_weights_file",
+    "read_checkpoint",
+    "infer_net_from_state",
 ]
 
 WEIGHTS_FORMAT = "vggfeat-weights"
 WEIGHTS_FORMAT_VERSION = 1
+# Training checkpoints (vggfeat.train) that this module reads; kept here so reading weights
+# never imports the trainer.
+CHECKPOINT_FORMAT = "vggfeat-checkpoint"
+CHECKPOINT_VERSION = 1
+# The trained demo net shipped inside the package: `--weights demo`.
+DEMO_WEIGHTS = "demo"
 
 
 @dataclass(frozen=True)
@@ -122,6 +132,7 @@ class Weights:
         width: Channel multiplier of the net (1.0 except for test nets).
         num_classes: Width of fc8.
         origin: Free-form provenance (e.g. the converted Caffe file and its hash).
+        classes: fc8's class names, when the file records them (vggfeat training checkpoints).
     """
 
     net: str
@@ -133,6 +144,7 @@ class Weights:
     num_classes: int
     state_dict: dict[str, torch.Tensor] = field(repr=False, compare=False)
     origin: dict[str, Any] = field(default_factory=dict, compare=False)
+    classes: tuple[str, ...] | None = field(default=None, compare=False)
 
     def provenance(self) -> dict[str, Any]:
         """JSON-serialisable record for stores and model files (no tensors)."""
@@ -175,10 +187,17 @@ def _infer_width(state_dict: Mapping[str, torch.Tensor]) -> float:
 
 
 def check_state_dict(
-    state_dict: Mapping[str, torch.Tensor], net: str, what: str = "weights"
+    state_dict: Mapping[str, torch.Tensor],
+    net: str,
+    what: str = "weights",
+    width: float | None = None,
 ) -> tuple[float, int]:
     """Refuse a state dict that does not fit config ``net``: missing/unexpected keys, bad shapes,
     a missing or non-finite classifier.
+
+    Args:
+        width: The net's channel multiplier when the file records it; by default inferred from
+            conv1_1 (exact for multiples of 1/64).
 
     Returns:
         (width, num_classes) of the net these weights describe.
@@ -191,7 +210,7 @@ def check_state_dict(
         )
     fc8 = state_dict.get("classifier.6.weight")
     num_classes = int(fc8.shape[0]) if fc8 is not None else 1000
-    width = _infer_width(state_dict)
+    width = _infer_width(state_dict) if width is None else float(width)
     expected = _reference_shapes(net, width, num_classes)
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))
@@ -283,25 +302,75 @@ def _unwrap_checkpoint(obj: dict[str, Any]) -> tuple[dict[str, torch.Tensor], di
     return state, meta
 
 
-def infer_net(path: str | os.PathLike) -> str:
-    """The Table 1 config a .pth/.pt/.safetensors file holds: as recorded, else the one its
-    keys and shapes fit."""
+def demo_weights_file() -> Path:
+    """The trained demo net shipped in the package (``--weights demo``)."""
+    from vggfeat.demo import DEMO_WEIGHTS_FILE
+
+    if not DEMO_WEIGHTS_FILE.is_file():
+        raise WeightsError(
+            f"The demo weights {DEMO_WEIGHTS_FILE} are missing from this install: reinstall "
+            "vggfeat, or retrain them with recipes/demo_weights.sh."
+        )
+    return DEMO_WEIGHTS_FILE
+
+
+def _source_path(source: str | os.PathLike) -> Path:
+    """'demo' or a path -> an existing weights file (else a one-line error)."""
+    if str(source) == DEMO_WEIGHTS:
+        return demo_weights_file()
+    path = Path(source).expanduser()
+    if not path.is_file():
+        raise WeightsError(
+            f"Weights file {path} does not exist. Use --weights imagenet, demo, random, or a "
+            "path to .pth/.pt/.safetensors weights."
+        )
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A .pth/.pt file's state dict (floating tensors as float32) and its metadata.
+
+    A vggfeat training checkpoint carries net, width, classes, preprocess (a dict), its storage
+    dtype (fp16 weights widen exactly to fp32) and the training record; a plain state dict has
+    no metadata. ``path`` may be 'demo'.
+    """
+    path = _source_path(path)
+    state, meta = _unwrap_checkpoint(_torch_load(path))
+    if meta.get("format") == CHECKPOINT_FORMAT:
+        version = int(meta.get("format_version", 0))
+        if version > CHECKPOINT_VERSION:
+            raise WeightsError(
+                f"{path} is a version {version} checkpoint; this vggfeat reads up to "
+                f"{CHECKPOINT_VERSION}: upgrade vggfeat."
+            )
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    return state, meta
+
+
+def infer_net_from_state(state: Mapping[str, torch.Tensor], what: str = "weights") -> str:
+    """The Table 1 config whose keys and shapes ``state`` fits (raises naming what is off)."""
     from vggfeat.nets import NETS
 
-    path = Path(path)
-    if path.suffix == ".safetensors":
-        return canonical_net(read_weights_metadata(path)["net"])
-    state, extra = _unwrap_checkpoint(_torch_load(path))
-    if "net" in extra:
-        return canonical_net(str(extra["net"]))
     for net in NETS:
         try:
-            check_state_dict(state, net, what=path.name)
+            check_state_dict(state, net, what=what)
             return net
         except WeightsError:
             continue
-    check_state_dict(state, "D", what=path.name)  # raises, naming what is off for vgg16
+    check_state_dict(state, "D", what=what)  # raises, naming what is off for vgg16
     raise AssertionError("unreachable")
+
+
+def infer_net(path: str | os.PathLike) -> str:
+    """The Table 1 config a .pth/.pt/.safetensors file (or 'demo') holds: as recorded, else the
+    one its keys and shapes fit."""
+    path = _source_path(path)
+    if path.suffix == ".safetensors":
+        return canonical_net(read_weights_metadata(path)["net"])
+    state, extra = read_checkpoint(path)
+    if "net" in extra:
+        return canonical_net(str(extra["net"]))
+    return infer_net_from_state(state, what=path.name)
 
 
 def save_weights(
@@ -364,12 +433,8 @@ def read_weights_metadata(path: str | os.PathLike) -> dict[str, Any]:
 
 def _load_file(
     path: Path, net: str, preprocess: str | Preprocess | None
-) -> tuple[dict[str, torch.Tensor], Preprocess, dict[str, Any]]:
-    if not path.is_file():
-        raise WeightsError(
-            f"Weights file {path} does not exist. Use --weights imagenet, random, or a path to "
-            ".pth/.pt/.safetensors weights."
-        )
+) -> tuple[dict[str, torch.Tensor], Preprocess, dict[str, Any], tuple[str, ...] | None]:
+    path = _source_path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -377,13 +442,38 @@ def _load_file(
         if canonical_net(meta["net"]) != net:
             raise WeightsError(f"{path} holds weights for net {meta['net']}, not net {net}.")
         spec = meta["preprocess"] if preprocess is None else _preprocess(preprocess, "torchvision")
-        return load_file(str(path)), spec, meta["origin"]
-    state, extra = _unwrap_checkpoint(_torch_load(path))
+        return load_file(str(path)), spec, meta["origin"], None
+    state, extra = read_checkpoint(path)
     if "net" in extra and canonical_net(str(extra["net"])) != net:
-        raise WeightsError(f"{path} is a checkpoint of net {extra['net']}, not net {net}.")
-    default = extra.get("preprocess") if isinstance(extra.get("preprocess"), str) else None
-    spec = _preprocess(preprocess, default or "torchvision")
-    return state, spec, {k: v for k, v in extra.items() if isinstance(v, (str, int, float))}
+        raise WeightsError(
+            f"{path} is a checkpoint of net {extra['net']}, not net {net}: pass --net "
+            f"{extra['net']} (or weights of net {net})."
+        )
+    recorded = extra.get("preprocess")
+    if preprocess is None and isinstance(recorded, dict):
+        spec = Preprocess.from_dict(recorded)
+    else:
+        spec = _preprocess(preprocess, recorded if isinstance(recorded, str) else "torchvision")
+    origin = {k: v for k, v in extra.items() if isinstance(v, (str, int, float))}
+    if "training" in extra:
+        origin.update(_training_summary(extra))
+    classes = tuple(str(c) for c in extra["classes"]) if "classes" in extra else None
+    return state, spec, origin, classes
+
+
+def _training_summary(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """A few provenance fields of a training checkpoint (stores record them)."""
+    record = meta["training"]
+    final = record.get("final_val") or (record["epochs"][-1] if record.get("epochs") else {})
+    out: dict[str, Any] = {
+        "trained_on": record["data"]["train"],
+        "classes": len(meta.get("classes", [])),
+        "epochs": len(record.get("epochs", [])),
+        "crop": int(record["config"]["crop"]),
+    }
+    if "val_top1_error" in final:
+        out["val_top1_error"] = round(float(final["val_top1_error"]), 4)
+    return out
 
 
 def load_weights(
@@ -396,7 +486,8 @@ def load_weights(
     """Resolve ``source`` ('imagenet', 'random' or a path) into validated weights for ``net``.
 
     Args:
-        source: 'imagenet' (torchvision IMAGENET1K_V1, cached or downloaded), 'random', or a path.
+        source: 'imagenet' (torchvision IMAGENET1K_V1, cached or downloaded), 'random', 'demo'
+            (the trained demo net in the package), or a path.
         net: Table 1 config letter or torchvision name.
         preprocess: Override the preprocessing ('torchvision' or 'caffe'); by default the one the
             source carries (plain state dicts mean torchvision).
@@ -405,6 +496,7 @@ def load_weights(
     """
     net = canonical_net(net)
     origin: dict[str, Any] = {}
+    classes = None
     if source == "random":
         torch.manual_seed(seed)
         state = VGG(net, width=width).state_dict()
@@ -417,10 +509,16 @@ def load_weights(
         label = f"imagenet (torchvision {TORCHVISION_NAMES[net]} IMAGENET1K_V1)"
         sha, origin = sha256_file(path), {"file": path.name}
     else:
-        path = Path(source).expanduser()
-        state, spec, origin = _load_file(path, net, preprocess)
+        path = _source_path(source)
+        state, spec, origin, classes = _load_file(path, net, preprocess)
         label, sha = f"file {path.name}", sha256_file(path)
-    width_found, num_classes = check_state_dict(state, net, what=f"weights '{source}'")
+        if source == DEMO_WEIGHTS:
+            label = f"demo ({path.name}, trained by vggfeat train; see `vggfeat weights info demo`)"
+    recorded = origin.get("width")
+    recorded_width = float(recorded) if isinstance(recorded, (int, float)) else None
+    width_found, num_classes = check_state_dict(
+        state, net, what=f"weights '{source}'", width=recorded_width
+    )
     return Weights(
         net=net,
         source=source,
@@ -431,4 +529,5 @@ def load_weights(
         num_classes=num_classes,
         state_dict=dict(state),
         origin=origin,
+        classes=classes,
     )

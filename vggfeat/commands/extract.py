@@ -51,9 +51,8 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
     "--net",
     "nets",
     multiple=True,
-    default=("D",),
-    show_default=True,
-    help="Net-D (vgg16) and/or Net-E (vgg19): --net D --net E or --net D,E.",
+    help="Net-D (vgg16) and/or Net-E (vgg19): --net D --net E or --net D,E [default: the net "
+    "a weights file records, else D].",
 )
 @click.option(
     "--weights",
@@ -147,9 +146,13 @@ def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, fl
     from vggfeat.nets import canonical_net
     from vggfeat.pipeline import extract_to_store
     from vggfeat.store import printable
-    from vggfeat.weights import load_weights
+    from vggfeat.weights import infer_net, load_weights
 
     net_names = list(dict.fromkeys(canonical_net(n) for n in split_csv(nets)))
+    if not net_names:  # a single weights file (e.g. a training run's final.pth) names its net
+        single = weights[0] if len(weights) == 1 and "=" not in weights[0] else None
+        file = single is not None and single not in ("imagenet", "random")
+        net_names = [infer_net(single) if file else "D"]
     config = ExtractConfig(scales=scales, flip=flip, layer=layer, precision=precision,
                            device=device, batch_size=batch_size, workers=workers,
                            max_side=max_side)  # fmt: skip

@@ -111,7 +111,7 @@ def format_sources(rows: list[dict[str, Any]]) -> str:
 def _describe_weights(w: Any, path: Path, kind: str) -> dict[str, Any]:
     from vggfeat.nets import TORCHVISION_NAMES
 
-    return {
+    out = {
         "file": str(path),
         "kind": kind,
         "net": w.net,
@@ -122,22 +122,52 @@ def _describe_weights(w: Any, path: Path, kind: str) -> dict[str, Any]:
         "preprocess": w.preprocess.to_dict(),
         "origin": w.origin,
     }
+    if w.classes:
+        out["classes"] = list(w.classes)
+    return out
+
+
+def _training(path: Path) -> dict[str, Any] | None:
+    """The training record of a vggfeat checkpoint (None for other files)."""
+    from vggfeat.weights import read_checkpoint
+
+    _, meta = read_checkpoint(path)
+    if "training" not in meta:
+        return None
+    return {**meta["training"], "storage_dtype": meta.get("storage_dtype", "float32")}
 
 
 def describe_file(path: str | Path, format: str = "auto") -> dict[str, Any]:
     """What a weight file holds: our ``.safetensors``, a torch ``.pth``, or an Oxford release
     (read as ``format``: 'caffe', 'keras' or 'auto')."""
     from vggfeat import oxford
-    from vggfeat.weights import infer_net, load_weights, read_weights_metadata
+    from vggfeat.weights import (
+        DEMO_WEIGHTS,
+        demo_weights_file,
+        infer_net,
+        load_weights,
+        read_weights_metadata,
+    )
 
+    if str(path) == DEMO_WEIGHTS:
+        path = demo_weights_file()
     path = Path(path)
+    if not path.is_file():
+        from vggfeat.errors import WeightsError
+
+        raise WeightsError(f"{path} does not exist: give a weights file, or demo.")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         net = read_weights_metadata(path)["net"]
         return _describe_weights(load_weights(str(path), net), path, "vggfeat weights")
     if suffix in (".pth", ".pt"):
         net = infer_net(path)
-        return _describe_weights(load_weights(str(path), net), path, "torch state dict")
+        training = _training(path)
+        kind = "vggfeat training checkpoint" if training else "torch state dict"
+        d = _describe_weights(load_weights(str(path), net), path, kind)
+        if training:
+            d["training"] = training
+        return d
     found = oxford.inspect_source(path, format)
     net = found["net"]
     found["kind"] = f"Oxford release ({found['format']}): import it before use"
@@ -167,6 +197,8 @@ def format_description(d: dict[str, Any]) -> str:
         ]
         origin = d["origin"] or {}
         lines.append("origin      " + (", ".join(f"{k}={v}" for k, v in origin.items()) or "-"))
+        if d.get("training"):
+            lines += format_training(d["training"])
     else:
         net = d["net"]
         lines += [
@@ -179,6 +211,46 @@ def format_description(d: dict[str, Any]) -> str:
             f"import      {d['import']}",
         ]
     return "\n".join(lines)
+
+
+def format_training(t: dict[str, Any]) -> list[str]:
+    """Text lines of a training record: data, settings, result and the per-epoch table."""
+    from vggfeat.report import format_table
+
+    c, data = t["config"], t["data"]
+    scale = c["scale"][0] if c["scale"][0] == c["scale"][1] else f"{c['scale'][0]}:{c['scale'][1]}"
+    lines = [
+        f"trained on  {data['n_train']} images of {len(t['classes'])} classes ({data['train']}); "
+        f"val {data['n_val']} images ({data['val']})",
+        f"settings    batch {c['batch_size']}, lr {c['lr']:g}, momentum {c['momentum']:g}, "
+        f"weight decay {t['weight_decay']}, dropout {c['dropout']:g}, scale {scale}, crop "
+        f"{c['crop']}, flip {c['flip']}, colour shift {c['colour_shift']:g}, init {t['init']}, "
+        f"seed {c['seed']}, {t['world_size']} process(es)",
+        f"schedule    {len(t['epochs'])} epochs, {t['global_step']} steps, {t['lr_drops']} LR "
+        f"drops{', stopped on a plateau' if t['stopped'] else ''}",
+        f"validation  {t['validation']}",
+    ]
+    final = t.get("final_val")
+    if final:
+        lines.append(
+            f"final val   top-1 error {100 * final['val_top1_error']:.2f}%, top-5 error "
+            f"{100 * final['val_top5_error']:.2f}%; weights {final['weights']}"
+        )
+    if t.get("bad_images"):
+        lines.append(f"bad images  {len(t['bad_images'])} skipped (e.g. "
+                     f"{next(iter(t['bad_images']))})")  # fmt: skip
+    if t["epochs"]:
+        rows = [
+            [e["epoch"], f"{e['lr']:.0e}", f"{e['train_loss']:.4f}",
+             f"{100 * e['train_top1_error']:.1f}", f"{e['val_loss']:.4f}",
+             f"{100 * e['val_top1_error']:.1f}", f"{100 * e['val_top5_error']:.1f}",
+             f"{e['images_per_second']:.1f}"]
+            for e in t["epochs"]
+        ]  # fmt: skip
+        headers = ["epoch", "lr", "train loss", "train top-1 %", "val loss", "val top-1 %",
+                   "val top-5 %", "img/s"]  # fmt: skip
+        lines += ["", *format_table(headers, rows).splitlines()]
+    return lines
 
 
 format_option = click.option(
@@ -216,14 +288,16 @@ def list_(dirs: tuple[str, ...], as_json: bool) -> None:
 
 
 @weights.command("info")
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+@click.argument("file")
 @format_option
 @json_option
 def info(file: str, fmt: str, as_json: bool) -> None:
     """Describe the weight FILE: net, preprocessing, sha256 and origin.
 
-    FILE is a vggfeat .safetensors file, a torch .pth/.pt state dict, or an Oxford release
-    (.caffemodel or Keras .h5), which is shown as found and must be imported before use.
+    FILE is a vggfeat .safetensors file, a torch .pth/.pt state dict or vggfeat training
+    checkpoint (whose training record is shown), `demo` (the trained demo net in the package),
+    or an Oxford release (.caffemodel or Keras .h5), which is shown as found and must be
+    imported before use.
     """
     d = describe_file(file, fmt)
     click.echo(json.dumps(d, indent=2) if as_json else format_description(d))

@@ -69,15 +69,17 @@ def write_voc(root: Path, n: dict[str, int] | None = None, degenerate: str | Non
             continue
         for c, cls in enumerate(CLASSES):
             lines = []
-            for i, name in enumerate(names):
-                label = 1 if i % 3 == c else -1
+            for name in names:
+                label = 1 if int(name[-3:]) % 3 == c else -1
                 label = 0 if (split != "train" and name.endswith("val_001") and c == 0) else label
                 lines.append(f"{name} {label:2d}\n")
             (root / "ImageSets/Main" / f"{cls}_{split}.txt").write_text("".join(lines))
     for split, boxes in action.items():
         for a in VOC_ACTIONS:
             lines = [
-                f"{name} {obj}\n" if split == "test" else f"{name} {obj} {1 if acts[a] else -1:2d}\n"
+                f"{name} {obj}\n"
+                if split == "test"
+                else f"{name} {obj} {1 if acts[a] else -1:2d}\n"
                 for name, obj, acts in boxes
             ]
             (root / "ImageSets/Action" / f"{a}_{split}.txt").write_text("".join(lines))

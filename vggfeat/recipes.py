@@ -1,16 +1,16 @@
 """The paper's transfer protocols (Appendix B, Tables 11 and 12) as runnable recipes.
 
 A recipe indexes a dataset root, draws (or reads back) its splits, extracts every sample it
-needs once into one resumable store (all nets, all scales; person boxes as region entries),
-fits and scores every SVM variant from that store, and reports the result beside the paper's,
-with the time of each stage and a plain statement of how the run differs from the paper's
-(weights, classes, scales, test split). Everything goes through the library: the pipeline
-(:func:`vggfeat.pipeline.extract_to_store`), :func:`vggfeat.features.design_matrix`,
+needs once into a resumable store per net (all scales; person boxes as region entries next to
+the whole images), fits and scores every SVM variant from those stores, and reports the result
+beside the paper's, with the time of each stage and a plain statement of how the run differs
+from the paper's (weights, classes, scales, test split). Everything goes through the library:
+the pipeline (:func:`vggfeat.pipeline.extract_to_store`), :func:`vggfeat.features.design_matrix`,
 :class:`vggfeat.svm.SVMClassifier` and :mod:`vggfeat.report`.
 
 Workdir layout::
 
-    features.h5                     the store (resumed by a rerun)
+    features_<net>.h5               one store per net (resumed by a rerun, reused by any --nets)
     splits/<train|test>_<split>.txt store ids, one per line (reuse with --splits DIR)
     results.json, table.txt         every variant, split, figure, note and stage time
     plots/<variant>_<split>/        precision-recall curves or a confusion matrix
@@ -93,34 +93,75 @@ _CALTECH_SCALES = (256, 384, 512)
 RECIPES: dict[str, Recipe] = {
     r.name: r
     for r in (
-        Recipe("voc2007", "VOC-2007 classification: SVMs on trainval (C by 3-fold CV), test mAP "
-               "(11-point AP, difficult ignored); Q 256-768 averaged", "voc", _VOC_SCALES,
-               "average", {"D": "89.3", "E": "89.3", "D&E": "89.7"}, train_split="trainval",
-               test_split="test", ap="11point"),
-        Recipe("voc2012", "VOC-2012 classification: SVMs on train scored on val (area AP); with "
-               "test images, trainval SVMs write comp2 server files; Q 256-768 averaged", "voc",
-               _VOC_SCALES, "average", {"D": "89.0", "E": "89.0", "D&E": "89.3"},
-               train_split="train", test_split="val",
-               paper_differs="scored on val (the paper: the test server, trained on trainval)"),
-        Recipe("caltech101", "Caltech-101: 30 train / up to 50 test images per class (102 classes "
-               "with background), C on a 20% holdout, mean class recall over 3 splits; Q "
-               "256,384,512 stacked", "caltech", _CALTECH_SCALES, "stack",
-               {"D": "91.8 ± 1.0", "E": "92.3 ± 0.5", "D&E": "92.7 ± 0.5"},
-               metric="mean class recall", n_train=30, n_test=50, seeds=(0, 1, 2), classes=102),
-        Recipe("caltech256", "Caltech-256: 60 train images per class, the rest for test (257 "
-               "classes), C on a 20% holdout, mean class recall over 3 splits; Q 256,384,512 "
-               "stacked", "caltech", _CALTECH_SCALES, "stack",
-               {"D": "85.0 ± 0.2", "E": "85.1 ± 0.3", "D&E": "86.2 ± 0.3"},
-               metric="mean class recall", n_train=60, n_test=None, seeds=(0, 1, 2),
-               classes=257),
-        Recipe("voc2012-action", "VOC-2012 action: each person box's descriptor stacked with its "
-               "image's, SVMs on train scored on val (area AP); with test boxes, trainval SVMs "
-               "write comp10 server files; Q 256-768 averaged", "action", _VOC_SCALES, "average",
-               {"D&E image": "79.2", "D&E image+box": "84.0"}, train_split="train",
-               test_split="val",
-               paper_differs="scored on val (the paper: the test server, trained on trainval)"),
+        Recipe(
+            "voc2007",
+            "VOC-2007 classification: SVMs on trainval (C by 3-fold CV), test mAP "
+            "(11-point AP, difficult ignored); Q 256-768 averaged",
+            "voc",
+            _VOC_SCALES,
+            "average",
+            {"D": "89.3", "E": "89.3", "D&E": "89.7"},
+            train_split="trainval",
+            test_split="test",
+            ap="11point",
+        ),
+        Recipe(
+            "voc2012",
+            "VOC-2012 classification: SVMs on train scored on val (area AP); with "
+            "test images, trainval SVMs write comp2 server files; Q 256-768 averaged",
+            "voc",
+            _VOC_SCALES,
+            "average",
+            {"D": "89.0", "E": "89.0", "D&E": "89.3"},
+            train_split="train",
+            test_split="val",
+            paper_differs="scored on val (the paper: the test server, trained on trainval)",
+        ),
+        Recipe(
+            "caltech101",
+            "Caltech-101: 30 train / up to 50 test images per class (102 classes "
+            "with background), C on a 20% holdout, mean class recall over 3 splits; Q "
+            "256,384,512 stacked",
+            "caltech",
+            _CALTECH_SCALES,
+            "stack",
+            {"D": "91.8 ± 1.0", "E": "92.3 ± 0.5", "D&E": "92.7 ± 0.5"},
+            metric="mean class recall",
+            n_train=30,
+            n_test=50,
+            seeds=(0, 1, 2),
+            classes=102,
+        ),
+        Recipe(
+            "caltech256",
+            "Caltech-256: 60 train images per class, the rest for test (257 "
+            "classes), C on a 20% holdout, mean class recall over 3 splits; Q 256,384,512 "
+            "stacked",
+            "caltech",
+            _CALTECH_SCALES,
+            "stack",
+            {"D": "85.0 ± 0.2", "E": "85.1 ± 0.3", "D&E": "86.2 ± 0.3"},
+            metric="mean class recall",
+            n_train=60,
+            n_test=None,
+            seeds=(0, 1, 2),
+            classes=257,
+        ),
+        Recipe(
+            "voc2012-action",
+            "VOC-2012 action: each person box's descriptor stacked with its "
+            "image's, SVMs on train scored on val (area AP); with test boxes, trainval SVMs "
+            "write comp10 server files; Q 256-768 averaged",
+            "action",
+            _VOC_SCALES,
+            "average",
+            {"D&E image": "79.2", "D&E image+box": "84.0"},
+            train_split="train",
+            test_split="val",
+            paper_differs="scored on val (the paper: the test server, trained on trainval)",
+        ),
     )
-}  # fmt: skip
+}
 
 
 # --------------------------------------------------------------------------- splits
@@ -167,10 +208,14 @@ def read_splits(folder: str | os.PathLike, expected: Sequence[Split]) -> list[Sp
             f"run of this recipe (it needs {', '.join(names)})."
         )
     return [
-        Split(s.name, tuple(read_id_list(folder / f"train_{s.name}.txt")),
-              tuple(read_id_list(folder / f"test_{s.name}.txt")), s.labelled)
+        Split(
+            s.name,
+            tuple(read_id_list(folder / f"train_{s.name}.txt")),
+            tuple(read_id_list(folder / f"test_{s.name}.txt")),
+            s.labelled,
+        )
         for s in expected
-    ]  # fmt: skip
+    ]
 
 
 # --------------------------------------------------------------------------- datasets
@@ -203,14 +248,18 @@ def _caltech(recipe: Recipe, root: Path) -> Dataset:
     from vggfeat.labels import caltech_split, read_class_folders
 
     if not root.is_dir():
-        raise DatasetError(f"{recipe.name} root {root} does not exist: give the folder of class "
-                           "folders (e.g. 101_ObjectCategories).")  # fmt: skip
+        raise DatasetError(
+            f"{recipe.name} root {root} does not exist: give the folder of class "
+            "folders (e.g. 101_ObjectCategories)."
+        )
     folders = [p for p in root.iterdir() if p.is_dir()]
     inner = [p for p in folders if p.name.endswith("_ObjectCategories")]
     if inner or not folders:
         hint = f" (it holds {inner[0]}: give that folder)" if inner else ""
-        raise DatasetError(f"no class folders under {root}{hint}: give the folder that holds one "
-                           "sub-folder of images per class (e.g. 101_ObjectCategories).")  # fmt: skip
+        raise DatasetError(
+            f"no class folders under {root}{hint}: give the folder that holds one "
+            "sub-folder of images per class (e.g. 101_ObjectCategories)."
+        )
     labels = read_class_folders(root)
     splits = []
     for seed in recipe.seeds:
@@ -238,15 +287,20 @@ def _voc(recipe: Recipe, root: Path) -> Dataset:
                 f"no ImageSets/Main/<class>_{split}.txt under {root}: {recipe.name} fits on "
                 f"{recipe.train_split} and scores {recipe.test_split}."
             )
-    splits = [Split(recipe.test_split, labels.splits[recipe.train_split],
-                    labels.splits[recipe.test_split])]  # fmt: skip
+    splits = [
+        Split(
+            recipe.test_split, labels.splits[recipe.train_split], labels.splits[recipe.test_split]
+        )
+    ]
     ids = [i for s in splits for i in (*s.train, *s.test)]
     submission = None
     if recipe.name == "voc2012" and (root / "ImageSets/Main/test.txt").is_file():
         test = read_image_set(root, "test")
         if "trainval" not in labels.splits:
-            raise DatasetError(f"no ImageSets/Main/<class>_trainval.txt under {root}: the "
-                               "test submission fits on trainval.")  # fmt: skip
+            raise DatasetError(
+                f"no ImageSets/Main/<class>_trainval.txt under {root}: the "
+                "test submission fits on trainval."
+            )
         submission = Split("submission", labels.splits["trainval"], tuple(test), labelled=False)
         ids += [*submission.train, *test]
     samples = image_samples(root, ids)
@@ -266,9 +320,10 @@ def _action(recipe: Recipe, root: Path) -> Dataset:
     train, test = (read_action_set(root, s) for s in (recipe.train_split, recipe.test_split))
     sets = [train, test]
     submission = None
-    has_test = any(Path(root, "ImageSets/Action").glob("*_test.txt")) or Path(
-        root, "ImageSets/Action/test.txt"
-    ).is_file()
+    has_test = (
+        any(Path(root, "ImageSets/Action").glob("*_test.txt"))
+        or Path(root, "ImageSets/Action/test.txt").is_file()
+    )
     if has_test:
         trainval, held = read_action_set(root, "trainval"), read_action_set(root, "test")
         sets += [trainval, held]
@@ -280,8 +335,14 @@ def _action(recipe: Recipe, root: Path) -> Dataset:
         image_of.update(zip(s.ids, s.image_ids))
         objects.update(zip(s.ids, zip(s.images, s.objects)))
     samples = unique_samples([s.image_samples() for s in sets] + [s.region_samples() for s in sets])
-    return Dataset(labels, samples, [Split(recipe.test_split, train.ids, test.ids)], submission,
-                   image_of, objects)  # fmt: skip
+    return Dataset(
+        labels,
+        samples,
+        [Split(recipe.test_split, train.ids, test.ids)],
+        submission,
+        image_of,
+        objects,
+    )
 
 
 def _merge_action_labels(sets: Sequence[Any]) -> Labels:
@@ -316,11 +377,15 @@ def weights_notes(weights: Sequence[Any]) -> list[str]:
         if w.source == "random":
             what = "random weights (an untrained net: a floor, not a reproduction)"
         elif w.source == "imagenet":
-            what = ("torchvision's retrained IMAGENET1K_V1 weights, not the Oxford models the "
-                    "paper used (see README: The original Oxford weights)")  # fmt: skip
+            what = (
+                "torchvision's retrained IMAGENET1K_V1 weights, not the Oxford models the "
+                "paper used (see README: The original Oxford weights)"
+            )
         elif w.source == "demo":
-            what = ("the demo net (width 1/8, trained by vggfeat train on 48 Caltech-101 classes), "
-                    "not the paper's ImageNet-trained net")  # fmt: skip
+            what = (
+                "the demo net (width 1/8, trained by vggfeat train on 48 Caltech-101 classes), "
+                "not the paper's ImageNet-trained net"
+            )
         elif w.preprocess.name != "caffe" or width:
             what = f"weights file {Path(w.source).name}, not the Oxford models the paper used"
         else:
@@ -329,13 +394,16 @@ def weights_notes(weights: Sequence[Any]) -> list[str]:
     return notes
 
 
-def data_notes(recipe: Recipe, dataset: Dataset, weights: Sequence[Any],
-               scales: Sequence[int]) -> list[str]:  # fmt: skip
+def data_notes(
+    recipe: Recipe, dataset: Dataset, weights: Sequence[Any], scales: Sequence[int]
+) -> list[str]:
     """How this run's data, scales and evaluation differ from the paper's."""
     notes = list(dataset.notes)
     if tuple(scales) != recipe.scales:
-        notes.append(f"scales: Q {','.join(map(str, scales))}, not the paper's "
-                     f"{','.join(map(str, recipe.scales))}")  # fmt: skip
+        notes.append(
+            f"scales: Q {','.join(map(str, scales))}, not the paper's "
+            f"{','.join(map(str, recipe.scales))}"
+        )
     if recipe.paper_differs:
         notes.append(f"evaluation: {recipe.paper_differs}")
     if recipe.kind == "caltech" and any(w.source == "demo" for w in weights):
@@ -377,27 +445,38 @@ def variants(recipe: Recipe, nets: Sequence[str]) -> list[Variant]:
     return [Variant(s, box) for s in sets for box in (False, True)]
 
 
-def _matrix(store: Any, ids: Sequence[str], variant: Variant, recipe: Recipe,
-            scales: Sequence[int], image_of: Mapping[str, str]) -> np.ndarray:  # fmt: skip
+def _matrix(
+    stores: Sequence[Any],
+    ids: Sequence[str],
+    variant: Variant,
+    recipe: Recipe,
+    scales: Sequence[int],
+    image_of: Mapping[str, str],
+) -> np.ndarray:
     """(N, D) design matrix of ``ids``: the images' descriptors, or for the action task the
     box's whole image, with (``variant.box``) the box's own descriptor stacked after it; each
     part L2-normalised, then the row."""
     from vggfeat.features import FeatureSpec, design_matrix
 
     spec = FeatureSpec(variant.nets, tuple(scales), recipe.aggregate)
+    stores = [s for s in stores if set(s.nets) & set(variant.nets)]
     if variant.box is None:
-        return design_matrix([store], list(ids), spec)
-    image = design_matrix([store], [image_of[i] for i in ids], spec)
+        return design_matrix(stores, list(ids), spec)
+    image = design_matrix(stores, [image_of[i] for i in ids], spec)
     if not variant.box:
         return image
-    return np.hstack([image, design_matrix([store], list(ids), spec)]) / np.float32(math.sqrt(2))
+    return np.hstack([image, design_matrix(stores, list(ids), spec)]) / np.float32(math.sqrt(2))
 
 
-def _usable(store: Any, ids: Sequence[str], image_of: Mapping[str, str]) -> list[str]:
+def _usable(stores: Sequence[Any], ids: Sequence[str], image_of: Mapping[str, str]) -> list[str]:
     """``ids`` whose rows (and, for a region, its image's row) were extracted successfully."""
+
     def ok(keys: Sequence[str]) -> np.ndarray:
-        rows = store.find(list(keys))
-        return (rows >= 0) & store.ok[np.maximum(rows, 0)]
+        good = np.ones(len(keys), bool)
+        for store in stores:
+            rows = store.find(list(keys))
+            good &= (rows >= 0) & store.ok[np.maximum(rows, 0)]
+        return good
 
     keep = ok(ids)
     if image_of:
@@ -422,9 +501,14 @@ def _fit(recipe: Recipe, x: np.ndarray, labels: Labels, seed: int) -> Any:
 
     y = training_targets(labels, "exclude")
     holdout = 0.2 if recipe.kind == "caltech" else None
-    clf = SVMClassifier(Cs=[float(c) for c in DEFAULT_CS], cv=3, holdout=holdout,
-                        random_state=seed, label_format="voc",
-                        class_names=list(labels.classes) if labels.multilabel else None)  # fmt: skip
+    clf = SVMClassifier(
+        Cs=[float(c) for c in DEFAULT_CS],
+        cv=3,
+        holdout=holdout,
+        random_state=seed,
+        label_format="voc",
+        class_names=list(labels.classes) if labels.multilabel else None,
+    )
     return clf.fit(x, y)
 
 
@@ -433,8 +517,11 @@ def _score(recipe: Recipe, clf: Any, x: np.ndarray, labels: Labels) -> tuple[dic
 
     scores = clf.class_scores(x)
     if labels.multilabel:
-        return evaluate_multilabel(scores, labels.y, list(labels.classes), recipe.ap), scores, \
-            labels.y  # fmt: skip
+        return (
+            evaluate_multilabel(scores, labels.y, list(labels.classes), recipe.ap),
+            scores,
+            labels.y,
+        )
     classes = [str(c) for c in clf.classes_]
     index = {c: k for k, c in enumerate(classes)}
     y = np.array([index[labels.classes[k]] for k in labels.y], dtype=np.int64)
@@ -468,8 +555,8 @@ def run_recipe(
     Args:
         recipe: One of :data:`RECIPES`.
         root: The dataset root (a VOC year folder, or a folder of class folders).
-        workdir: Where the store, splits, results, plots and server files go; a rerun resumes
-            its store.
+        workdir: Where the stores, splits, results, plots and server files go; a rerun resumes
+            its stores.
         weights: Loaded :class:`vggfeat.weights.Weights`, one per net, in fusion order.
         config: The :class:`vggfeat.extract.ExtractConfig` (scales default to the recipe's).
         splits_dir: Read the splits from here (an earlier run's ``splits/``) instead of
@@ -495,17 +582,34 @@ def run_recipe(
     write_splits(workdir / "splits", splits)
     wanted = {i for s in splits for i in (*s.train, *s.test)}
     wanted |= {dataset.image_of[i] for i in wanted if i in dataset.image_of}
+    known = {k for s in dataset.samples for k in (s[0], Path(s[0]).stem)}
+    unknown = sorted(wanted - known)
+    if unknown:
+        raise DatasetError(
+            f"the splits list {len(unknown)} ids that {root} does not hold (e.g. {unknown[0]}): "
+            "give the splits of a run of this recipe on this root."
+        )
     samples = [s for s in dataset.samples if s[0] in wanted or Path(s[0]).stem in wanted]
     times["index"] = time.perf_counter() - start
     log(f"{recipe.name}: {len(samples)} samples to describe, {len(splits)} split(s)")
 
+    # One store per net: any later --nets reuses (and resumes) the stores it needs.
     start = time.perf_counter()
-    extracted = extract_to_store(samples, workdir / "features.h5", weights, config,
-                                 progress=progress, rows_per_part=rows_per_part,
-                                 log=log)  # fmt: skip
-    store = extracted.store
+    stores, done, kept = [], 0, 0
+    for w in weights:
+        extracted = extract_to_store(
+            samples,
+            workdir / f"features_{w.net}.h5",
+            [w],
+            config,
+            progress=progress,
+            rows_per_part=rows_per_part,
+            log=log,
+        )
+        stores.append(extracted.store)
+        done, kept = done + extracted.summary.done, kept + extracted.skipped
     times["extract"] = time.perf_counter() - start
-    failed = store.failed()
+    failed = list(dict(f for store in stores for f in store.failed()).items())
     if failed:
         log(f"{len(failed)} samples failed and are left out (e.g. {failed[0][0]}: {failed[0][1]})")
 
@@ -518,18 +622,28 @@ def run_recipe(
         per_split = []
         for split in (s for s in splits if s.labelled):
             seed = int(split.name[4:]) if split.name.startswith("seed") else 0
-            train = _usable(store, split.train, dataset.image_of)
-            test = _usable(store, split.test, dataset.image_of)
-            clf = _fit(recipe, _matrix(store, train, variant, recipe, scales, dataset.image_of),
-                       dataset.labels.select(train, role="training"), seed)  # fmt: skip
+            train = _usable(stores, split.train, dataset.image_of)
+            test = _usable(stores, split.test, dataset.image_of)
+            clf = _fit(
+                recipe,
+                _matrix(stores, train, variant, recipe, scales, dataset.image_of),
+                dataset.labels.select(train, role="training"),
+                seed,
+            )
             test_labels = dataset.labels.select(test, role="test")
-            x = _matrix(store, test, variant, recipe, scales, dataset.image_of)
+            x = _matrix(stores, test, variant, recipe, scales, dataset.image_of)
             result, scores, y = _score(recipe, clf, x, test_labels)
-            result.update(split=split.name, n_train=len(train), n_test=len(test),
-                          left_out=len(split.train) + len(split.test) - len(train) - len(test),
-                          C=[float(c) for c in clf.C_])  # fmt: skip
-            folder = workdir / "plots" / f"{variant.name.replace('&', '').replace(' ', '_')}_" \
-                f"{split.name}"  # fmt: skip
+            result.update(
+                split=split.name,
+                n_train=len(train),
+                n_test=len(test),
+                left_out=len(split.train) + len(split.test) - len(train) - len(test),
+                C=[float(c) for c in clf.C_],
+            )
+            folder = (
+                workdir / "plots" / f"{variant.name.replace('&', '').replace(' ', '_')}_"
+                f"{split.name}"
+            )
             if result["task"] == "multilabel":
                 plot_pr_curves(folder, scores, y, result)
             else:
@@ -541,16 +655,26 @@ def run_recipe(
         ours = _summary(values)
         paper = recipe.paper.get(variant.name, "-")
         rows.append([variant.name, ours, paper, len(values), f"{seconds:.1f}"])
-        entries.append({"variant": variant.name, "nets": list(variant.nets), "box": variant.box,
-                        "ours": ours, "values": values, "paper": paper,
-                        "seconds": seconds, "splits": per_split})  # fmt: skip
+        entries.append(
+            {
+                "variant": variant.name,
+                "nets": list(variant.nets),
+                "box": variant.box,
+                "ours": ours,
+                "values": values,
+                "paper": paper,
+                "seconds": seconds,
+                "splits": per_split,
+            }
+        )
         log(f"{variant.name}: {ours} ({recipe.metric}, {seconds:.1f} s)")
 
     written: list[str] = []
     if dataset.submission is not None:
         start = time.perf_counter()
-        written = _submit(recipe, dataset, splits[-1], store, variants(recipe, nets)[-1],
-                          scales, workdir)  # fmt: skip
+        written = _submit(
+            recipe, dataset, splits[-1], stores, variants(recipe, nets)[-1], scales, workdir
+        )
         times["submission"] = time.perf_counter() - start
         log(f"wrote {len(written)} evaluation-server files under {workdir / 'results'}")
 
@@ -562,10 +686,14 @@ def run_recipe(
         "metric": recipe.metric,
         "scales": list(scales),
         "aggregate": recipe.aggregate,
-        "weights": [{"net": w.net, "source": w.source, "label": w.label, "sha256": w.sha256}
-                    for w in weights],  # fmt: skip
+        "weights": [
+            {"net": w.net, "source": w.source, "label": w.label, "sha256": w.sha256}
+            for w in weights
+        ],
         "differs_from_paper": notes,
         "samples": len(samples),
+        "extracted": done,
+        "kept_from_store": kept,
         "failed": [{"id": i, "reason": r} for i, r in failed],
         "variants": entries,
         "server_files": written,
@@ -578,62 +706,100 @@ def run_recipe(
     return RecipeRun(results, table)
 
 
-def _submit(recipe: Recipe, dataset: Dataset, split: Split, store: Any, variant: Variant,
-            scales: Sequence[int], workdir: Path) -> list[str]:  # fmt: skip
+def _require_all(stores: Sequence[Any], ids: Sequence[str]) -> None:
+    """Refuse test images that failed: the server needs a line for every one."""
+    usable = set(_usable(stores, ids, {}))
+    bad = [i for i in ids if i not in usable]
+    if bad:
+        raise DatasetError(
+            f"{len(bad)} test images failed extraction (e.g. {bad[0]}); the server needs every "
+            "one: fix or replace them and rerun."
+        )
+
+
+def _submit(
+    recipe: Recipe,
+    dataset: Dataset,
+    split: Split,
+    stores: Sequence[Any],
+    variant: Variant,
+    scales: Sequence[int],
+    workdir: Path,
+) -> list[str]:
     """Fit the last (fullest) variant on the submission's training ids and write the server
     files for its test ids. A test sample that could not be described still needs a line:
     a box that failed is scored from its image alone (its box part zero)."""
     from vggfeat.submission import write_action_results, write_classification_results
 
-    train = _usable(store, split.train, dataset.image_of)
-    clf = _fit(recipe, _matrix(store, train, variant, recipe, scales, dataset.image_of),
-               dataset.labels.select(train, role="training"), 0)  # fmt: skip
+    train = _usable(stores, split.train, dataset.image_of)
+    clf = _fit(
+        recipe,
+        _matrix(stores, train, variant, recipe, scales, dataset.image_of),
+        dataset.labels.select(train, role="training"),
+        0,
+    )
     test = list(split.test)
     if recipe.kind == "action":
-        usable = set(_usable(store, test, {}))
-        images = [dataset.image_of[i] for i in test]
-        bad = [i for i in images if i not in set(_usable(store, images, {}))]
-        if bad:
-            raise DatasetError(f"{len(bad)} test images failed extraction (e.g. {bad[0]}); the "
-                               "server needs every one: fix or replace them and rerun.")  # fmt: skip
-        x = _matrix(store, test, Variant(variant.nets, False), recipe, scales, dataset.image_of)
+        usable = set(_usable(stores, test, {}))
+        _require_all(stores, [dataset.image_of[i] for i in test])
+        x = _matrix(stores, test, Variant(variant.nets, False), recipe, scales, dataset.image_of)
         if variant.box:
             box = np.zeros_like(x)
             good = [k for k, i in enumerate(test) if i in usable]
-            box[good] = _matrix(store, [test[k] for k in good], Variant(variant.nets, None),
-                                recipe, scales, dataset.image_of)  # fmt: skip
+            box[good] = _matrix(
+                stores,
+                [test[k] for k in good],
+                Variant(variant.nets, None),
+                recipe,
+                scales,
+                dataset.image_of,
+            )
             x = np.hstack([x, box])
             x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         scores = clf.class_scores(x)
-        paths = write_action_results(workdir, [dataset.objects[i][0] for i in test],
-                                     [dataset.objects[i][1] for i in test],
-                                     list(dataset.labels.classes), scores)  # fmt: skip
+        paths = write_action_results(
+            workdir,
+            [dataset.objects[i][0] for i in test],
+            [dataset.objects[i][1] for i in test],
+            list(dataset.labels.classes),
+            scores,
+        )
     else:
-        bad = [i for i in test if i not in set(_usable(store, test, {}))]
-        if bad:
-            raise DatasetError(f"{len(bad)} test images failed extraction (e.g. {bad[0]}); the "
-                               "server needs every one: fix or replace them and rerun.")  # fmt: skip
-        scores = clf.class_scores(_matrix(store, test, variant, recipe, scales, {}))
+        _require_all(stores, test)
+        scores = clf.class_scores(_matrix(stores, test, variant, recipe, scales, {}))
         paths = write_classification_results(workdir, test, list(dataset.labels.classes), scores)
     return [str(p) for p in paths]
 
 
-def _table(recipe: Recipe, rows: list, notes: Sequence[str], times: Mapping[str, float],
-           n_samples: int, n_failed: int, written: Sequence[str],
-           format_table: Callable) -> str:  # fmt: skip
+def _table(
+    recipe: Recipe,
+    rows: list,
+    notes: Sequence[str],
+    times: Mapping[str, float],
+    n_samples: int,
+    n_failed: int,
+    written: Sequence[str],
+    format_table: Callable,
+) -> str:
     """The run's summary: figures beside the paper's, what differs from it, stage times."""
     splits = "splits" if recipe.kind == "caltech" else "runs"
-    lines = [f"{recipe.name}: {recipe.protocol}", "",
-             format_table(["variant", f"ours ({recipe.metric} %)", "paper", splits, "svm s"],
-                          rows), ""]  # fmt: skip
+    lines = [
+        f"{recipe.name}: {recipe.protocol}",
+        "",
+        format_table(["variant", f"ours ({recipe.metric} %)", "paper", splits, "svm s"], rows),
+        "",
+    ]
     if notes:
         lines.append("NOT A REPRODUCTION of the paper's numbers; this run differs from it:")
         lines += [f"  - {n}" for n in notes]
     else:
         lines.append("Same weights, data, scales and evaluation as the paper.")
     stage = ", ".join(f"{k} {v:.1f} s" for k, v in times.items())
-    lines += ["", f"samples: {n_samples} described, {n_failed} failed (left out)",
-              f"stage times: {stage}"]  # fmt: skip
+    lines += [
+        "",
+        f"samples: {n_samples} described, {n_failed} failed (left out)",
+        f"stage times: {stage}",
+    ]
     if written:
         lines.append(f"server files: {len(written)} in {Path(written[0]).parent}")
     return "\n".join(lines)

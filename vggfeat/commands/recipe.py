@@ -47,37 +47,86 @@ def _nets(nets: str | None, weights: tuple[str, ...]) -> list[str]:
 
 @recipe.command()
 @click.argument("name")
-@click.option("--root", required=True, type=click.Path(), help="The dataset root: a VOC year "
-              "folder (VOCdevkit/VOC2012) or the folder of class folders (Caltech).")  # fmt: skip
-@click.option("--nets", help="Nets, comma-separated, in fusion order [default: D,E, or the net "
-              "a single weights file holds (demo: D)].")  # fmt: skip
-@click.option("--weights", multiple=True, default=("imagenet",), show_default=True,
-              help="imagenet, demo, random, or a weights file; NET=SOURCE sets one net's "
-              "weights (repeat).")  # fmt: skip
-@click.option("--workdir", type=click.Path(file_okay=False), help="Where the store, splits, "
-              "results, plots and server files go; a rerun resumes [default: runs/NAME].")  # fmt: skip
-@click.option("--splits", "splits_dir", type=click.Path(exists=True, file_okay=False),
-              help="Reuse the splits of an earlier run (its WORKDIR/splits) instead of drawing "
-              "them.")  # fmt: skip
-@click.option("--scales", callback=parse_scales, help="Q, comma-separated [default: the "
-              "paper's for the recipe]; fewer scales are faster and reported as a "
-              "difference.")  # fmt: skip
-@click.option("--preprocess", type=click.Choice(["torchvision", "caffe"]),
-              help="Override the preprocessing the weights carry.")  # fmt: skip
+@click.option(
+    "--root",
+    required=True,
+    type=click.Path(),
+    help="The dataset root: a VOC year "
+    "folder (VOCdevkit/VOC2012) or the folder of class folders (Caltech).",
+)
+@click.option(
+    "--nets",
+    help="Nets, comma-separated, in fusion order [default: D,E, or the net "
+    "a single weights file holds (demo: D)].",
+)
+@click.option(
+    "--weights",
+    multiple=True,
+    default=("imagenet",),
+    show_default=True,
+    help="imagenet, demo, random, or a weights file; NET=SOURCE sets one net's weights (repeat).",
+)
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    help="Where the store, splits, "
+    "results, plots and server files go; a rerun resumes [default: runs/NAME].",
+)
+@click.option(
+    "--splits",
+    "splits_dir",
+    type=click.Path(exists=True, file_okay=False),
+    help="Reuse the splits of an earlier run (its WORKDIR/splits) instead of drawing them.",
+)
+@click.option(
+    "--scales",
+    callback=parse_scales,
+    help="Q, comma-separated [default: the "
+    "paper's for the recipe]; fewer scales are faster and reported as a "
+    "difference.",
+)
+@click.option(
+    "--preprocess",
+    type=click.Choice(["torchvision", "caffe"]),
+    help="Override the preprocessing the weights carry.",
+)
 @click.option("--seed", default=0, show_default=True, help="Seed for --weights random.")
 @click.option("--batch-size", default=8, show_default=True, help="Images per forward pass.")
 @click.option("--workers", default=2, show_default=True, help="Background decoding processes.")
 @device_option
-@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32",
-              show_default=True)  # fmt: skip
-@click.option("--max-side", default=2048, show_default=True,
-              help="Longest side after rescaling; longer images are centre-cropped.")  # fmt: skip
-@click.option("--checkpoint-every", default=256, show_default=True,
-              help="Images per crash-safe part file.")  # fmt: skip
+@click.option(
+    "--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True
+)
+@click.option(
+    "--max-side",
+    default=2048,
+    show_default=True,
+    help="Longest side after rescaling; longer images are centre-cropped.",
+)
+@click.option(
+    "--checkpoint-every", default=256, show_default=True, help="Images per crash-safe part file."
+)
 @click.option("--width", default=1.0, hidden=True, help="Channel multiplier (tests only).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
-def run(name, root, nets, weights, workdir, splits_dir, scales, preprocess, seed, batch_size,
-        workers, device, precision, max_side, checkpoint_every, width, quiet) -> None:  # fmt: skip
+def run(
+    name,
+    root,
+    nets,
+    weights,
+    workdir,
+    splits_dir,
+    scales,
+    preprocess,
+    seed,
+    batch_size,
+    workers,
+    device,
+    precision,
+    max_side,
+    checkpoint_every,
+    width,
+    quiet,
+) -> None:
     """Run recipe NAME on --root: extract (resumable), fit and score every SVM variant, print
     the table beside the paper's with each stage's time; JSON, plots, splits and (given test
     images) server files go to --workdir."""
@@ -91,14 +140,21 @@ def run(name, root, nets, weights, workdir, splits_dir, scales, preprocess, seed
     from vggfeat.weights import load_weights
 
     if name not in RECIPES:
-        raise click.UsageError(f"Unknown recipe {name!r}; choose one of {', '.join(RECIPES)} "
-                               "(`vggfeat recipe list`).")  # fmt: skip
+        raise click.UsageError(
+            f"Unknown recipe {name!r}; choose one of {', '.join(RECIPES)} (`vggfeat recipe list`)."
+        )
     r = RECIPES[name]
     net_names = _nets(nets, weights)
     sources = _weights_by_net(weights, net_names)
     loaded = [load_weights(sources[n], n, preprocess, seed=seed, width=width) for n in net_names]
-    config = ExtractConfig(scales=scales or r.scales, device=device, batch_size=batch_size,
-                           workers=workers, precision=precision, max_side=max_side)  # fmt: skip
+    config = ExtractConfig(
+        scales=scales or r.scales,
+        device=device,
+        batch_size=batch_size,
+        workers=workers,
+        precision=precision,
+        max_side=max_side,
+    )
     workdir = Path(workdir or Path("runs") / name)
 
     def log(line: str) -> None:
@@ -108,8 +164,18 @@ def run(name, root, nets, weights, workdir, splits_dir, scales, preprocess, seed
     for w in loaded:
         log(f"net {w.net}: {w.label}, {w.preprocess.name} preprocessing")
     with _warnings_as_lines():
-        done = run_recipe(r, root, workdir, loaded, config, splits_dir=splits_dir,
-                          progress=not quiet, log=log, rows_per_part=checkpoint_every)  # fmt: skip
+        done = run_recipe(
+            r,
+            root,
+            workdir,
+            loaded,
+            config,
+            splits_dir=splits_dir,
+            progress=not quiet,
+            log=log,
+            rows_per_part=checkpoint_every,
+        )
     click.echo(done.table)
-    click.echo(f"Wrote {workdir / 'results.json'}, {workdir / 'table.txt'}, plots and splits in "
-               f"{workdir}.")  # fmt: skip
+    click.echo(
+        f"Wrote {workdir / 'results.json'}, {workdir / 'table.txt'}, plots and splits in {workdir}."
+    )

@@ -103,3 +103,20 @@ def test_box_descriptor_equals_crop_then_dense_reference(tmp_path, tiny_weights)
     a, b = store.descriptors("D", 224, ["region", "reference"])
     assert np.abs(a).max() > 0
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_split_files_round_trip(tmp_path):
+    from vggfeat.recipes import Split, read_splits, write_splits
+
+    splits = [Split("seed0", ("a/1.jpg", "b/2 x.jpg"), ("c/3.jpg",)),
+              Split("submission", ("2012_000001",), ("2012_000002", "2012_000003"), False)]  # fmt: skip
+    paths = write_splits(tmp_path, splits)
+    assert sorted(p.name for p in paths) == [
+        "test_seed0.txt", "test_submission.txt", "train_seed0.txt", "train_submission.txt",
+    ]  # fmt: skip
+    assert (tmp_path / "train_seed0.txt").read_text() == "a/1.jpg\nb/2 x.jpg\n"
+    empty = [Split(s.name, (), (), s.labelled) for s in splits]
+    assert read_splits(tmp_path, empty) == splits
+    (tmp_path / "test_submission.txt").unlink()
+    with pytest.raises(DatasetError, match="lacks test_submission.txt"):
+        read_splits(tmp_path, empty)

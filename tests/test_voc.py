@@ -78,6 +78,15 @@ def test_region_entries_resume_record_box_and_fail_bad_boxes(tmp_path, tiny_weig
     assert "degenerate box" in reasons["2012_train_000.jpg#2"]
     assert "outside" in reasons["2012_train_000.jpg#3"]
     assert np.allclose(store.boxes[1], [2, 2, 20, 20]) and np.isnan(store.boxes[0]).all()
+    # the action descriptor: the image's and the box's, each L2-normalised, stacked, normalised
+    from vggfeat.recipes import RECIPES, Variant, _matrix
+
+    region, whole = "2012_train_000.jpg#1", "2012_train_000.jpg"
+    x = _matrix([store], [region], Variant(("D",), True), RECIPES["voc2012-action"], (224,),
+                {region: whole})  # fmt: skip
+    a, b = (store.descriptors("D", 224, [i])[0].astype(np.float64) for i in (whole, region))
+    reference = np.concatenate([a / np.linalg.norm(a), b / np.linalg.norm(b)]) / np.sqrt(2)
+    np.testing.assert_allclose(x[0], reference, rtol=1e-5, atol=1e-7)
     # a rerun keeps the good rows and retries only the failed ones
     again = extract_to_store(samples, out, w, _config(), progress=False)
     assert again.skipped == 2 and again.summary.done == 2

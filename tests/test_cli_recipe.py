@@ -103,6 +103,10 @@ def test_splits_are_reused_exactly(caltech_run, tmp_path):
     bad = run("run", "caltech101", "--root", root, "--workdir", again, "--nets", "D",
               "--splits", splits, *FAST, ok=False)  # fmt: skip
     assert bad.exit_code == 1 and "lacks test_seed2.txt" in bad.output
+    other = run("run", "caltech101", "--root", root, "--workdir", again, "--nets", "D",
+                *FAST[:4], "--scales", "256", *FAST[6:], ok=False)  # fmt: skip
+    assert "was made with other settings" in other.output
+    assert "another --workdir" in other.output
 
 
 def test_wrong_root_says_what_it_expected(tmp_path):

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from vggfeat.errors import DatasetError
+from vggfeat.errors import DatasetError, SettingsMismatch
 from vggfeat.labels import Labels
 
 __all__ = [
@@ -597,15 +597,21 @@ def run_recipe(
     start = time.perf_counter()
     stores, done, kept = [], 0, 0
     for w in weights:
-        extracted = extract_to_store(
-            samples,
-            workdir / f"features_{w.net}.h5",
-            [w],
-            config,
-            progress=progress,
-            rows_per_part=rows_per_part,
-            log=log,
-        )
+        try:
+            extracted = extract_to_store(
+                samples,
+                workdir / f"features_{w.net}.h5",
+                [w],
+                config,
+                progress=progress,
+                rows_per_part=rows_per_part,
+                log=log,
+            )
+        except SettingsMismatch as exc:  # the store's own advice names extract's --out
+            raise SettingsMismatch(
+                f"{str(exc).split(' Re-run')[0]} Give that run's weights and scales, or "
+                "another --workdir."
+            ) from None
         stores.append(extracted.store)
         done, kept = done + extracted.summary.done, kept + extracted.skipped
     times["extract"] = time.perf_counter() - start

@@ -69,7 +69,7 @@ def _nets(nets: str | None, weights: tuple[str, ...]) -> list[str]:
 @click.option(
     "--workdir",
     type=click.Path(file_okay=False),
-    help="Where the store, splits, "
+    help="Where the stores (one per net), splits, "
     "results, plots and server files go; a rerun resumes [default: runs/NAME].",
 )
 @click.option(

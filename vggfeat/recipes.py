@@ -630,6 +630,7 @@ def run_recipe(
             seed = int(split.name[4:]) if split.name.startswith("seed") else 0
             train = _usable(stores, split.train, dataset.image_of)
             test = _usable(stores, split.test, dataset.image_of)
+            log(f"{variant.name}, split {split.name}: fitting on {len(train)}, scoring {len(test)}")
             clf = _fit(
                 recipe,
                 _matrix(stores, train, variant, recipe, scales, dataset.image_of),

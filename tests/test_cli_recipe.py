@@ -80,28 +80,33 @@ def test_caltech_run_end_to_end(caltech_run):
 
 def test_splits_are_reused_exactly(caltech_run, tmp_path):
     root, work, _ = caltech_run
-    before = json.loads((work / "results.json").read_text())
-    splits = tmp_path / "splits"
-    shutil.copytree(work / "splits", splits)
     again = tmp_path / "again"
     again.mkdir()
     shutil.copy(work / "features_D.h5", again)  # its store is reused
-    run("run", "caltech101", "--root", root, "--workdir", again, "--nets", "D",
-        "--splits", splits, *FAST)  # fmt: skip
+    fast = [*FAST, "--nets", "D", "--Cs", "1"]  # one C: no selection, quick fits
+    run("run", "caltech101", "--root", root, "--workdir", again, *fast)
+    before = json.loads((again / "results.json").read_text())
+    assert before["extracted"] == 0 and before["kept_from_store"] == 96  # resumed, not redone
+    assert "C chosen from 1, not the full grid" in (again / "table.txt").read_text()
+    splits = tmp_path / "splits"
+    shutil.copytree(again / "splits", splits)
+    for seed in range(3):  # the draw is deterministic: the same as the first run's
+        for part in ("train", "test"):
+            name = f"{part}_seed{seed}.txt"
+            assert (splits / name).read_text() == (work / "splits" / name).read_text()
+    run("run", "caltech101", "--root", root, "--workdir", again, "--splits", splits, *fast)
     after = json.loads((again / "results.json").read_text())
-    assert after["extracted"] == 0 and after["kept_from_store"] == 96  # resumed, not redone
     assert after["variants"][0]["values"] == before["variants"][0]["values"]
     # the files are what is used: a training image taken out is left out of that split
     ids = read_id_list(splits / "train_seed1.txt")
     (splits / "train_seed1.txt").write_text("".join(f"{i}\n" for i in ids[1:]))
-    run("run", "caltech101", "--root", root, "--workdir", again, "--nets", "D",
-        "--splits", splits, *FAST)  # fmt: skip
+    run("run", "caltech101", "--root", root, "--workdir", again, "--splits", splits, *fast)
     changed = json.loads((again / "results.json").read_text())
     assert [s["n_train"] for s in changed["variants"][0]["splits"]] == [90, 89, 90]
     assert read_id_list(again / "splits" / "train_seed1.txt") == ids[1:]
     (splits / "test_seed2.txt").unlink()
-    bad = run("run", "caltech101", "--root", root, "--workdir", again, "--nets", "D",
-              "--splits", splits, *FAST, ok=False)  # fmt: skip
+    bad = run("run", "caltech101", "--root", root, "--workdir", again, "--splits", splits,
+              *fast, ok=False)  # fmt: skip
     assert bad.exit_code == 1 and "lacks test_seed2.txt" in bad.output
     other = run("run", "caltech101", "--root", root, "--workdir", again, "--nets", "D",
                 *FAST[:4], "--scales", "256", *FAST[6:], ok=False)  # fmt: skip

@@ -86,6 +86,12 @@ def _nets(nets: str | None, weights: tuple[str, ...]) -> list[str]:
     "difference.",
 )
 @click.option(
+    "--Cs",
+    "cs",
+    help="The C grid, comma-separated [default: the built-in grid]; C is chosen per class "
+    "from it as the recipe says (holdout or 3-fold CV). A smaller grid is faster and reported.",
+)
+@click.option(
     "--preprocess",
     type=click.Choice(["torchvision", "caffe"]),
     help="Override the preprocessing the weights carry.",
@@ -116,6 +122,7 @@ def run(
     workdir,
     splits_dir,
     scales,
+    cs,
     preprocess,
     seed,
     batch_size,
@@ -133,7 +140,7 @@ def run(
     from pathlib import Path
 
     from vggfeat.commands.extract import _weights_by_net
-    from vggfeat.commands.svm import _warnings_as_lines
+    from vggfeat.commands.svm import _parse_cs, _warnings_as_lines
     from vggfeat.extract import ExtractConfig
     from vggfeat.recipes import RECIPES, run_recipe
     from vggfeat.store import printable
@@ -171,6 +178,7 @@ def run(
             loaded,
             config,
             splits_dir=splits_dir,
+            cs=_parse_cs(cs),
             progress=not quiet,
             log=log,
             rows_per_part=checkpoint_every,

@@ -19,6 +19,7 @@ _COMMANDS = {
     "extract": "vggfeat.commands.extract:extract",
     "info": "vggfeat.commands.info:info",
     "merge": "vggfeat.commands.merge:merge",
+    "recipe": "vggfeat.commands.recipe:recipe",
     "svm": "vggfeat.commands.svm:svm",
     "train": "vggfeat.commands.train:train",
     "weights": "vggfeat.commands.weights:weights",

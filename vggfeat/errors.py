@@ -7,6 +7,7 @@ __all__ = [
     "StoreError",
     "SettingsMismatch",
     "OutputError",
+    "DatasetError",
 ]
 
 
@@ -32,3 +33,7 @@ class SettingsMismatch(VggfeatError):
 
 class OutputError(VggfeatError):
     """An output file could not be written (disk full, read-only, permission, I/O error)."""
+
+
+class DatasetError(VggfeatError):
+    """A dataset root does not hold what its protocol needs; says what was expected where."""

@@ -22,12 +22,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from vggfeat.datasets.samples import sample_box
 from vggfeat.devices import PRECISION_CHOICES, resolve_device, resolve_precision
 from vggfeat.errors import ImageError, VggfeatError
 from vggfeat.images import (
     DEFAULT_MAX_SIDE,
     INTERPOLATION,
     check_scales,
+    crop_box,
     failure_reason,
     load_image,
     rescale_all,
@@ -147,16 +149,19 @@ class _Decoded:
 class _DecodeDataset(Dataset):
     """Decodes and rescales samples; runs inside DataLoader workers."""
 
-    def __init__(self, samples: Sequence[tuple[str, str]], scales: Sequence[int], max_side: int):
+    def __init__(self, samples: Sequence[Sequence], scales: Sequence[int], max_side: int):
         self.samples, self.scales, self.max_side = samples, scales, max_side
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> _Decoded:
-        id_, path = self.samples[index]
+        sample = self.samples[index]
+        id_, path, box = sample[0], sample[1], sample_box(sample)
         try:
             image = load_image(path, self.scales)
+            if box is not None:  # a region: cut out before rescaling, then as any image
+                image = crop_box(image, box)
             scaled, note = rescale_all(image.pixels, self.scales, self.max_side)
         except Exception as exc:  # whatever one image raises is its failed row; the run goes on
             return _Decoded(index, id_, None, reason=failure_reason(exc))
@@ -561,8 +566,8 @@ class Extractor:
         scaled = [rescale_all(im, self.config.scales, self.config.max_side)[0] for im in images]
         return self.describe_scaled(scaled)
 
-    def _loader(self, samples: Sequence[tuple[str, str]]) -> DataLoader:
-        if self.config.decode == "device":
+    def _loader(self, samples: Sequence[tuple[str, str]], on_device: bool) -> DataLoader:
+        if on_device:
             from vggfeat.devdecode import ReadDataset
 
             dataset: Dataset = ReadDataset(samples)
@@ -599,20 +604,24 @@ class Extractor:
         sink: Callable[[Row], None],
         progress: bool = True,
     ) -> ExtractSummary:
-        """Extract ``samples`` (id, path); hand every finished image to ``sink`` in input order.
+        """Extract ``samples`` (id, path[, box]); hand every finished image to ``sink`` in input
+        order. A sample with a box is that region of its image (see ``Sample``).
 
-        A bad image becomes a failed row with its reason; the run goes on. Memory stays
-        bounded by the window and the loader's prefetch, whatever the number of images.
+        A bad image (or box) becomes a failed row with its reason; the run goes on. Memory
+        stays bounded by the window and the loader's prefetch, whatever the number of images.
+        Regions are cropped on the host, so a run with boxes decodes on the host whatever
+        ``decode`` says.
         """
         from tqdm import tqdm
 
         summary = ExtractSummary()
+        on_device = self.config.decode == "device" and all(sample_box(s) is None for s in samples)
         start = time.perf_counter()
         window: list[Any] = []
         with tqdm(total=len(samples), unit="img", disable=not progress, dynamic_ncols=True) as bar:
 
             def finish(items: list[Any]) -> None:
-                if self.config.decode == "device":
+                if on_device:
                     items = self._decoded_on_device(items)
                 self._finish(items, sink, summary)
                 for message in self._notices:
@@ -623,7 +632,7 @@ class Extractor:
                 bar.update(len(items))
                 bar.set_postfix(failed=len(summary.failed), refresh=False)
 
-            for chunk in self._loader(samples):
+            for chunk in self._loader(samples, on_device):
                 window += chunk
                 if len(window) >= self.window:
                     finish(window)

@@ -6,7 +6,9 @@ Images over PIL's decompression-bomb limit are decoded reduced (JPEG draft mode,
 when the largest Q needs far fewer pixels, and the image's note says so. Rescaling keeps the
 aspect ratio, makes the smallest side exactly Q with PIL's antialiased bilinear filter, and
 centre-crops the longest side to ``max_side``, so memory stays bounded by ``max_side`` x Q
-whatever the aspect ratio (the crop is reported per image).
+whatever the aspect ratio (the crop is reported per image). A region of an image (a VOC person
+box) is cut out of the decoded pixels by :func:`crop_box` before rescaling, so a region is
+described exactly as a whole image is.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import stat
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, JpegImagePlugin, UnidentifiedImageError
@@ -29,9 +32,11 @@ __all__ = [
     "MIN_SCALE",
     "DEFAULT_MAX_SIDE",
     "EXACT_CROP_FACTOR",
+    "Box",
     "Decoded",
     "Scaled",
     "check_scales",
+    "crop_box",
     "load_image",
     "decode_image",
     "failure_reason",
@@ -162,6 +167,71 @@ class Decoded:
     pixels: np.ndarray
     size: tuple[int, int]
     note: str = ""
+
+
+class Box(NamedTuple):
+    """A region of an image in VOC's convention: 1-based, inclusive pixel coordinates of the
+    image as stored (after EXIF orientation), so ``(1, 1, W, H)`` is the whole ``W x H`` image.
+    Coordinates may be fractional (some VOC annotations are); they are rounded when cropping."""
+
+    xmin: float
+    ymin: float
+    xmax: float
+    ymax: float
+
+    def __str__(self) -> str:
+        return "(" + ", ".join(f"{v:g}" for v in self) + ")"
+
+
+def _box_bounds(box: Box, height: int, width: int) -> tuple[int, int, int, int, str]:
+    """0-based half-open (top, bottom, left, right) rows and columns of ``box`` in an image of
+    ``height`` x ``width`` pixels, clipped to it, and a note when clipping was needed.
+
+    Raises:
+        ImageError: a box that is not four finite numbers, that has no area, or that lies
+            wholly outside the image.
+    """
+    try:
+        values = [float(v) for v in box]
+    except (TypeError, ValueError):
+        raise ImageError(f"bad box {box!r}: need four numbers xmin, ymin, xmax, ymax") from None
+    if len(values) != 4 or not all(math.isfinite(v) for v in values):
+        raise ImageError(f"bad box {box!r}: need four finite numbers xmin, ymin, xmax, ymax")
+    xmin, ymin, xmax, ymax = values
+    # Inclusive 1-based (VOC) -> half-open 0-based: pixels xmin..xmax are columns xmin-1..xmax-1.
+    left, right = round(xmin) - 1, round(xmax)
+    top, bottom = round(ymin) - 1, round(ymax)
+    if right <= left or bottom <= top:
+        raise ImageError(f"degenerate box {Box(*values)}: zero area (xmax < xmin or ymax < ymin)")
+    clipped = (max(top, 0), min(bottom, height), max(left, 0), min(right, width))
+    if clipped[1] <= clipped[0] or clipped[3] <= clipped[2]:
+        raise ImageError(f"box {Box(*values)} lies outside the {width}x{height} image")
+    note = ""
+    if clipped != (top, bottom, left, right):
+        note = f"box {Box(*values)} clipped to the {width}x{height} image"
+    return (*clipped, note)
+
+
+def crop_box(image: Decoded, box: Box) -> Decoded:
+    """The region ``box`` of a decoded image, as a decoded image of its own.
+
+    ``box`` is in the file's pixel coordinates (``image.size``); an image decoded reduced (a
+    huge one) has its box scaled to the pixels it holds. A box partly outside the image is
+    clipped to it (noted); ``size`` stays the whole image's, so the row records the image the
+    region came from.
+
+    Raises:
+        ImageError: a degenerate box (zero area, not finite) or one wholly outside the image.
+    """
+    height, width = image.size
+    top, bottom, left, right, note = _box_bounds(box, height, width)
+    ph, pw = image.pixels.shape[:2]
+    if (ph, pw) != (height, width):  # decoded at 1/k size: scale the bounds to its pixels
+        top, bottom = top * ph // height, max(top * ph // height + 1, bottom * ph // height)
+        left, right = left * pw // width, max(left * pw // width + 1, right * pw // width)
+    pixels = np.ascontiguousarray(image.pixels[top:bottom, left:right])
+    notes = "; ".join(n for n in (image.note, note) if n)
+    return Decoded(pixels, image.size, notes)
 
 
 def _reduction(smallest: int, need: int) -> int:

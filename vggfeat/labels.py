@@ -50,6 +50,7 @@ __all__ = [
     "read_labels_table",
     "read_voc",
     "resolve_split",
+    "training_targets",
 ]
 
 _COLUMNS = ("id", "label", "class", "split")
@@ -638,3 +639,40 @@ def resolve_split(labels: Labels, split: str, part: str = "train") -> list[str]:
             f"The {part} split {split!r} has no images; check the split name or file."
         )
     return ids
+
+
+def training_targets(labels: Labels, difficult: str = "exclude", split: str = "") -> np.ndarray:
+    """The ``y`` to fit SVMs on.
+
+    Multi-label: (N, K) VOC labels, difficult (0) kept as 0 (left out of that class's
+    training) or, with ``difficult="negative"``, made -1. Multi-class: (N,) class names.
+
+    Raises:
+        LabelsError: (image, class) pairs without labels, or a class without a positive (or,
+            multi-label, a negative) training example in ``split``.
+    """
+    labels.check_labelled(role="training")
+    if not labels.multilabel:
+        counts = np.bincount(labels.y, minlength=len(labels.classes))
+        for name, count in zip(labels.classes, counts):
+            if count == 0:
+                raise LabelsError(
+                    f"Class {name!r} has no positive training example in split {split!r} "
+                    f"({len(labels)} images); add positives or remove the class from the labels."
+                )
+        return np.array(labels.classes)[labels.y]
+    y = labels.y.copy()
+    if difficult == "negative":
+        y[y == 0] = -1
+    for k, name in enumerate(labels.classes):
+        if not (y[:, k] == 1).any():
+            raise LabelsError(
+                f"Class {name!r} has no positive training example in split {split!r} "
+                f"({len(labels)} images); add positives or remove the class from the labels."
+            )
+        if not (y[:, k] == -1).any():
+            raise LabelsError(
+                f"Class {name!r} has no negative training example in split {split!r}; a "
+                "one-vs-rest SVM needs both."
+            )
+    return y

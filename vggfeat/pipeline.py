@@ -34,7 +34,7 @@ def _space_needed(n_new: int, n_total: int, settings: dict) -> int:
 
 
 def extract_to_store(
-    samples: Sequence[tuple[str, str]],
+    samples: Sequence[Sequence],
     out: str | os.PathLike,
     weights: Sequence[Weights],
     config: ExtractConfig,
@@ -46,7 +46,10 @@ def extract_to_store(
     verify: bool = False,
     log: Callable[[str], None] | None = None,
 ) -> ExtractResult:
-    """Extract ``samples`` (id, path) into the store ``out``, resuming what it holds.
+    """Extract ``samples`` (id, path[, box]) into the store ``out``, resuming what it holds.
+
+    A sample with a box (:class:`vggfeat.datasets.Sample`) is that region of its image; the
+    store records the box, and a changed box is extracted again like a changed file.
 
     Images already in the store are kept unless their file changed since (size and mtime, or
     SHA-256 with ``content_hash``), they failed before (``retry_failed``), or their rows are
@@ -70,7 +73,7 @@ def extract_to_store(
     with StoreWriter(out, settings, software_versions(), rows_per_part=rows_per_part,
                      log=log) as writer:  # fmt: skip
         plan = writer.plan(
-            samples, fingerprint_files([p for _, p in samples], content_hash), retry_failed, verify
+            samples, fingerprint_files([s[1] for s in samples], content_hash), retry_failed, verify
         )
         for ids, what in ((plan.changed, "changed since they were extracted"),
                           (plan.retried, "failed before and are retried")):  # fmt: skip
@@ -82,8 +85,8 @@ def extract_to_store(
                 "change to their files cannot be seen (extract into a new --out to get one)"
             )
         if plan.todo:
-            n_total = len(writer.done | {i for i, _ in samples})
+            n_total = len(writer.done | {s[0] for s in samples})
             check_free_space(writer.path, _space_needed(len(plan.todo), n_total, settings))
         summary = extractor.run(plan.todo, writer.add, progress=progress)
-        store = writer.finalize(order=[id_ for id_, _ in samples])
+        store = writer.finalize(order=[s[0] for s in samples])
     return ExtractResult(store, summary, plan.kept, plan)

@@ -12,13 +12,16 @@ Layout (format ``vggfeat-store`` version 2; readable with plain h5py):
     /file_size              (N,) int64: the file's size in bytes when it was read (-1 unknown)
     /file_mtime_ns          (N,) int64: its modification time, ns since the epoch
     /file_sha256            (N,) utf-8: its SHA-256 ('' unless asked for)
+    /box                    (N, 4) float32: a region row's box (xmin, ymin, xmax, ymax; VOC's
+                            1-based inclusive pixels of the image); NaN for whole images
     /descriptors/<net>/<Q>  (N, dim) float32: flip-averaged descriptor; NaN rows for failed images
 
 Strings are UTF-8; a file name that is not (bytes a folder scan had to escape) is stored as
 its original bytes, and read back with ``surrogateescape`` (attr ``errors`` on each string
 dataset), so every id round-trips. Every dataset carries a ``crc32`` attr of its content;
 numeric datasets also carry HDF5's fletcher32 filter, so a damaged chunk fails to read
-wherever the file is copied. Version-1 stores (no fingerprints, no checksums) still open.
+wherever the file is copied. Version-1 stores (no fingerprints, no checksums) and version-2
+stores written before regions existed (no ``/box``: every row a whole image) still open.
 
 Integrity: a store or part is written through :func:`vggfeat.files.publish_stream` (HDF5 never
 sees an I/O error), read back and compared with checksums taken while writing, and only then
@@ -92,10 +95,11 @@ _STR = h5py.string_dtype("utf-8")
 _ERRORS = "surrogateescape"  # how undecodable file-name bytes live in str and come back
 _PER_IMAGE_V1 = ("ids", "status", "reason", "note", "image_size")
 _FINGERPRINT = ("source", "file_size", "file_mtime_ns", "file_sha256")
-_PER_IMAGE = _PER_IMAGE_V1 + _FINGERPRINT
+_PER_IMAGE = _PER_IMAGE_V1 + _FINGERPRINT + ("box",)
+_OPTIONAL = frozenset({"box"})  # absent from stores written before regions: all whole images
 _STRINGS = frozenset({"ids", "reason", "note", "source", "file_sha256"})
 _NUMBERS = {"status": np.int8, "image_size": np.int32, "file_size": np.int64,
-            "file_mtime_ns": np.int64}  # fmt: skip
+            "file_mtime_ns": np.int64, "box": np.float32}  # fmt: skip
 _UNKNOWN = {"source": "", "file_size": -1, "file_mtime_ns": 0, "file_sha256": ""}
 _CHUNK_BYTES = 1 << 20  # descriptor chunk: 64 rows of 4096 floats; the finalize's memory unit
 _OPEN_FILES = 32  # source files a combine keeps open at once
@@ -232,7 +236,8 @@ class Row:
     """One image's result, as the extractor hands it to a writer.
 
     ``descriptors`` maps (net, Q) to a (dim,) float32 vector; empty for failed images.
-    ``source`` and ``fingerprint`` default to what :meth:`StoreWriter.plan` recorded for the id.
+    ``source``, ``fingerprint`` and ``box`` (a region's box) default to what
+    :meth:`StoreWriter.plan` recorded for the id.
     """
 
     id: str
@@ -243,6 +248,7 @@ class Row:
     descriptors: Mapping[tuple[str, int], np.ndarray] | None = None
     source: str | None = None
     fingerprint: Fingerprint | None = None
+    box: Sequence[float] | None = None
 
 
 def _descriptor_keys(settings: Mapping[str, Any]) -> list[tuple[str, int]]:
@@ -262,15 +268,29 @@ def _empty_meta(n: int = 0) -> Meta:
     meta["image_size"] = np.zeros((n, 2), np.int32)
     meta["file_size"] = np.full(n, -1, np.int64)
     meta["file_mtime_ns"] = np.zeros(n, np.int64)
+    meta["box"] = np.full((n, 4), np.nan, np.float32)
     return meta
 
 
-def _meta_of_rows(rows: Sequence[Row], inputs: Mapping[str, tuple[str, Fingerprint]]) -> Meta:
+Inputs = Mapping[str, tuple[str, Fingerprint, Any]]  # id -> (source, fingerprint, box)
+
+
+def _box_array(box: Sequence[float] | None) -> np.ndarray:
+    """(4,) float32 of a region's box; NaN for a whole image."""
+    return np.full(4, np.nan, np.float32) if box is None else np.asarray(box, np.float32)
+
+
+def _same_box(a: np.ndarray, b: np.ndarray) -> bool:
+    return bool(np.array_equal(a, b, equal_nan=True))
+
+
+def _meta_of_rows(rows: Sequence[Row], inputs: Inputs) -> Meta:
     meta = _empty_meta(len(rows))
     for i, r in enumerate(rows):
-        source, fp = inputs.get(r.id, ("", Fingerprint()))
+        source, fp, box = inputs.get(r.id, ("", Fingerprint(), None))
         source = r.source if r.source is not None else source
         fp = r.fingerprint if r.fingerprint is not None else fp
+        meta["box"][i] = _box_array(r.box if r.box is not None else box)
         meta["ids"][i], meta["reason"][i], meta["note"][i] = r.id, r.reason, r.note
         meta["status"][i] = 0 if r.ok else 1
         meta["image_size"][i] = r.image_size
@@ -426,6 +446,7 @@ class FeatureStore:
     def _check_format(self, f: h5py.File) -> None:
         check_format(f.attrs, self.path, FORMAT, FORMAT_VERSION, "feature store")
         needed = _PER_IMAGE if int(f.attrs.get("format_version", 0)) >= 2 else _PER_IMAGE_V1
+        needed = [key for key in needed if key not in _OPTIONAL]
         for key in needed:
             if key not in f:
                 raise StoreError(f"{self.path}: missing HDF5 key /{key}.")
@@ -435,7 +456,7 @@ class FeatureStore:
         meta = _empty_meta(n)
         for name in _PER_IMAGE:
             if name not in f:
-                continue  # a version-1 store: fingerprints unknown
+                continue  # a version-1 store (fingerprints unknown) or one without regions
             ds = f[name]
             values = _read_strings(ds) if name in _STRINGS else ds[()]
             if "crc32" in ds.attrs and _crc(values) != int(ds.attrs["crc32"]):
@@ -445,6 +466,7 @@ class FeatureStore:
                 )
             meta[name] = values.astype(_NUMBERS[name]) if name in _NUMBERS else values
         meta["image_size"] = meta["image_size"].reshape(-1, 2)
+        meta["box"] = meta["box"].reshape(-1, 4)
         return meta
 
     def _check_sources(self) -> None:
@@ -490,6 +512,12 @@ class FeatureStore:
     def fingerprint(self, row: int) -> Fingerprint:
         """The recorded fingerprint of the file behind ``row``."""
         return _fingerprint_at(self.meta, row)
+
+    @property
+    def boxes(self) -> np.ndarray:
+        """(N, 4) float32 box of each region row (xmin, ymin, xmax, ymax; VOC's 1-based
+        inclusive pixels); NaN rows for whole images."""
+        return self.meta["box"]
 
     def failed(self) -> list[tuple[str, str]]:
         """(id, reason) of every failed image."""
@@ -566,6 +594,8 @@ class FeatureStore:
                 for key in keys:
                     if key in f:
                         problems += _check_dataset(self.path, f[key], key)
+                    elif key in _OPTIONAL:
+                        continue
                     elif key.startswith("descriptors/") or self.format_version >= 2:
                         problems.append(Problem(self.path, key, None, "missing"))
         except OSError as exc:
@@ -595,6 +625,7 @@ class FeatureStore:
             "created": self.created,
             "images": len(self),
             "ok": int(self.ok.sum()),
+            "regions": int((~np.isnan(self.boxes).any(axis=1)).sum()),
             "failed": [{"id": i, "reason": r} for i, r in self.failed()],
             "changed": [{"id": i, "note": n} for i, n in self.changed()],
             "pending_parts": len(pending_parts(self.path)),
@@ -970,7 +1001,8 @@ class Plan:
         todo: (id, path) to extract, in input order.
         kept: Images whose rows are kept as they are.
         new: Ids not in the store yet.
-        changed: Ids whose file changed since their row was written (extracted again).
+        changed: Ids whose file (or, for a region, box) changed since their row was written
+            (extracted again).
         retried: Ids that failed before (extracted again).
         repaired: Ids whose rows are damaged (extracted again).
         unverifiable: Kept rows without a fingerprint (version-1 stores): a change to their
@@ -1021,7 +1053,7 @@ class StoreWriter:
         self.log = log or (lambda message: None)
         self._buffer: list[Row] = []
         self._last_flush = time.monotonic()
-        self._inputs: dict[str, tuple[str, Fingerprint]] = {}
+        self._inputs: dict[str, tuple[str, Fingerprint, Any]] = {}
         self._exclude: dict[int, np.ndarray] = {}
         self._lock = OutputLock(self.path).acquire()
         try:
@@ -1094,15 +1126,16 @@ class StoreWriter:
 
     def plan(
         self,
-        samples: Sequence[tuple[str, str]],
+        samples: Sequence[Sequence],
         fingerprints: Sequence[Fingerprint] | None = None,
         retry_failed: bool = True,
         verify: bool = False,
     ) -> Plan:
-        """Decide which of ``samples`` (id, path) to extract, and remember their sources and
-        fingerprints for the rows to come.
+        """Decide which of ``samples`` (id, path[, box]) to extract, and remember their
+        sources, fingerprints and boxes for the rows to come.
 
-        An id is extracted when it is new, when its file's fingerprint changed, when it
+        An id is extracted when it is new, when its file's fingerprint (or a region's box)
+        changed, when it
         failed before (unless ``retry_failed`` is False), or when its row is damaged. The
         store itself is read and verified before a run that will rewrite it, or with
         ``verify`` (a full read: a store with nothing new to do is otherwise left unread).
@@ -1114,7 +1147,8 @@ class StoreWriter:
         """
         fingerprints = fingerprints or [Fingerprint()] * len(samples)
         self._inputs = {
-            id_: (os.path.abspath(path), fp) for (id_, path), fp in zip(samples, fingerprints)
+            s[0]: (os.path.abspath(s[1]), fp, s[2] if len(s) > 2 else None)
+            for s, fp in zip(samples, fingerprints)
         }
         plan = self._decide(samples, retry_failed)
         has_store = bool(self._sources) and self._sources[0].path == self.path
@@ -1126,11 +1160,11 @@ class StoreWriter:
                 plan.new = [i for i in plan.new if i not in damaged]
         return plan
 
-    def _decide(self, samples: Sequence[tuple[str, str]], retry_failed: bool) -> Plan:
+    def _decide(self, samples: Sequence[Sequence], retry_failed: bool) -> Plan:
         plan = Plan(todo=[])
         redo: set[str] = set()
         elsewhere = []
-        for id_, (source, fp) in self._inputs.items():
+        for id_, (source, fp, box) in self._inputs.items():
             hit = self._index.get(id_)
             if hit is None:
                 plan.new.append(id_)
@@ -1141,7 +1175,7 @@ class StoreWriter:
             was = store.meta["source"][r]
             if same is False and was and was != source:
                 elsewhere.append((id_, was, source))
-            elif same is False:
+            elif same is False or not _same_box(store.boxes[r], _box_array(box)):
                 plan.changed.append(id_)
                 redo.add(id_)
             elif not store.ok[r] and retry_failed:

@@ -164,41 +164,6 @@ class _Progress:
 # ----------------------------------------------------------------------------- helpers
 
 
-def _training_targets(labels: Any, difficult: str, split: str) -> Any:
-    """The ``y`` to fit on: multi-label, (N, K) VOC labels with difficult (0) kept as 0
-    (ignored) or made -1; multi-class, (N,) class names. Refuses pairs without labels and a
-    class without positive (or, multi-label, negative) examples."""
-    import numpy as np
-
-    from vggfeat.labels import LabelsError
-
-    labels.check_labelled(role="training")
-    if not labels.multilabel:
-        counts = np.bincount(labels.y, minlength=len(labels.classes))
-        for name, count in zip(labels.classes, counts):
-            if count == 0:
-                raise LabelsError(
-                    f"Class {name!r} has no positive training example in split {split!r} "
-                    f"({len(labels)} images); add positives or remove the class from the labels."
-                )
-        return np.array(labels.classes)[labels.y]
-    y = labels.y.copy()
-    if difficult == "negative":
-        y[y == 0] = -1
-    for k, name in enumerate(labels.classes):
-        if not (y[:, k] == 1).any():
-            raise LabelsError(
-                f"Class {name!r} has no positive training example in split {split!r} "
-                f"({len(labels)} images); add positives or remove the class from the labels."
-            )
-        if not (y[:, k] == -1).any():
-            raise LabelsError(
-                f"Class {name!r} has no negative training example in split {split!r}; a "
-                "one-vs-rest SVM needs both."
-            )
-    return y
-
-
 def _problems(clf: Any, y: Any) -> tuple[list[str], dict[str, dict[str, int]]]:
     """Name and training counts (as trained: positive, negative, left out) of each problem."""
     import numpy as np
@@ -398,7 +363,7 @@ def fit(features, nets, scales, aggregate, block_norm, labels_path, train_split,
         resolve_spec,
         store_ids,
     )
-    from vggfeat.labels import read_labels, resolve_split
+    from vggfeat.labels import read_labels, resolve_split, training_targets
     from vggfeat.report import fit_table
     from vggfeat.svm import SVMClassifier, save_svm
     from vggfeat.versions import software_versions
@@ -419,7 +384,7 @@ def fit(features, nets, scales, aggregate, block_norm, labels_path, train_split,
         _note(f"note: {note}", quiet)
     ids = resolve_split(labels, train_split, part="train")
     train = labels.select(ids, role="training")
-    y = _training_targets(train, difficult, train_split)
+    y = training_targets(train, difficult, train_split)
     x = design_matrix(stores, ids, spec, role="training")
     trained_ids = store_ids(stores, ids, spec, role="training")
     _note(

@@ -67,6 +67,11 @@ def caltech_images(n: int, root: Path | None = None, seed: int = 0) -> list[Path
     return sorted(random.Random(seed).sample(files, min(n, len(files))))
 
 
+def image_set(name: str, n: int, tmp: Path, caltech_root: Path | None) -> list[Path]:
+    """The benchmark set ``name``: "uniform" (generated 500x375 JPEGs) or "caltech"."""
+    return make_jpegs(tmp / name, n) if name == "uniform" else caltech_images(n, caltech_root)
+
+
 def image_sizes(paths: Sequence[Path]) -> list[tuple[int, int]]:
     """(H, W) of each file, from its header."""
     sizes = []

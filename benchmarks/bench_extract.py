@@ -207,10 +207,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name in args.sets.split(","):
-            if name == "uniform":
-                paths = C.make_jpegs(tmp / "uniform", args.n)
-            else:
-                paths = C.caltech_images(args.n, args.caltech_root)
+            paths = C.image_set(name, args.n, tmp, args.caltech_root)
             result = bench_set(name, paths, weights, args, tmp)
             for run in result["runs"].values():
                 run["fraction_of_matmul_peak"] = run["tflop_per_s"] / peak

@@ -245,10 +245,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name in args.sets.split(","):
-            if name == "uniform":
-                paths = C.make_jpegs(tmp / "uniform", args.n)
-            else:
-                paths = C.caltech_images(args.n, args.caltech_root)
+            paths = C.image_set(name, args.n, tmp, args.caltech_root)
             record["sets"].append(bench_set(name, paths, weights, args, device, peak, tmp))
     record["peak_host_memory_mib"] = C.peak_host_memory_mib()
     record["peak_device_memory_mib"] = C.peak_device_memory_mib(device)

@@ -10,6 +10,7 @@ import pytest
 
 from vggfeat.metrics import average_precision, mean_class_recall, top_k_error
 from vggfeat.report import (
+    FitProgress,
     evaluate_multiclass,
     evaluate_multilabel,
     fit_table,
@@ -108,3 +109,21 @@ def test_json_and_scores_csv(tmp_path):
     rows = list(csv.reader((tmp_path / "ml.csv").open()))
     assert rows[1][-1] == "x;z" and rows[2][-1] == ""
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mc.csv", "ml.csv", "r.json"]
+
+
+def test_fit_progress_bar_follows_a_real_fit_to_its_total(capsys):
+    from vggfeat.svm import SVMClassifier
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    y = np.repeat(np.arange(3), 20)
+    bar = FitProgress("SVMs D, seed0")
+    SVMClassifier(Cs=[0.1, 1.0], holdout=0.2, random_state=0).fit(x, y, progress=bar)
+    bar.close()
+    assert bar.bar is not None and bar.bar.n == bar.bar.total > 0
+    err = capsys.readouterr().err
+    assert "SVMs D, seed0" in err and "100%" in err
+    quiet = FitProgress("quiet", disable=True)
+    SVMClassifier(Cs=[1.0], random_state=0).fit(x, y, progress=quiet)
+    quiet.close()
+    assert "quiet" not in capsys.readouterr().err

@@ -496,11 +496,18 @@ class RecipeRun:
 
 
 def _fit(
-    recipe: Recipe, x: np.ndarray, labels: Labels, seed: int, cs: Sequence[float] | None
+    recipe: Recipe,
+    x: np.ndarray,
+    labels: Labels,
+    seed: int,
+    cs: Sequence[float] | None,
+    progress: bool,
+    desc: str,
 ) -> Any:
     """One-vs-rest SVMs, C chosen from ``cs`` (default the built-in grid) as the recipe says:
-    on a 20% holdout (Caltech) or by 3-fold cross-validation (VOC)."""
+    on a 20% holdout (Caltech) or by 3-fold cross-validation (VOC); a bar shows the work."""
     from vggfeat.labels import training_targets
+    from vggfeat.report import FitProgress
     from vggfeat.svm import DEFAULT_CS, SVMClassifier
 
     y = training_targets(labels, "exclude")
@@ -513,7 +520,11 @@ def _fit(
         label_format="voc",
         class_names=list(labels.classes) if labels.multilabel else None,
     )
-    return clf.fit(x, y)
+    bar = FitProgress(desc, disable=not progress)
+    try:
+        return clf.fit(x, y, progress=bar)
+    finally:
+        bar.close()
 
 
 def _score(recipe: Recipe, clf: Any, x: np.ndarray, labels: Labels) -> tuple[dict, Any, Any]:
@@ -647,6 +658,8 @@ def run_recipe(
                 dataset.labels.select(train, role="training"),
                 seed,
                 cs,
+                progress,
+                f"SVMs {variant.name}, {split.name}",
             )
             test_labels = dataset.labels.select(test, role="test")
             x = _matrix(stores, test, variant, recipe, scales, dataset.image_of)
@@ -691,7 +704,15 @@ def run_recipe(
     if dataset.submission is not None:
         start = time.perf_counter()
         written = _submit(
-            recipe, dataset, splits[-1], stores, variants(recipe, nets)[-1], scales, workdir, cs
+            recipe,
+            dataset,
+            splits[-1],
+            stores,
+            variants(recipe, nets)[-1],
+            scales,
+            workdir,
+            cs,
+            progress,
         )
         times["submission"] = time.perf_counter() - start
         log(f"wrote {len(written)} evaluation-server files under {workdir / 'results'}")
@@ -745,6 +766,7 @@ def _submit(
     scales: Sequence[int],
     workdir: Path,
     cs: Sequence[float] | None,
+    progress: bool,
 ) -> list[str]:
     """Fit the last (fullest) variant on the submission's training ids and write the server
     files for its test ids. A test sample that could not be described still needs a line:
@@ -758,6 +780,8 @@ def _submit(
         dataset.labels.select(train, role="training"),
         0,
         cs,
+        progress,
+        f"SVMs {variant.name}, {split.name}",
     )
     test = list(split.test)
     if recipe.kind == "action":

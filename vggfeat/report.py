@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import sys
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 from vggfeat.files import publish_bytes
 
 __all__ = [
+    "FitProgress",
     "evaluate_multiclass",
     "evaluate_multilabel",
     "fit_table",
@@ -33,6 +35,26 @@ __all__ = [
     "write_json",
     "write_scores_csv",
 ]
+
+
+class FitProgress:
+    """A tqdm bar (on stderr) driven by ``SVMClassifier.fit``'s ``progress(done, total)``."""
+
+    def __init__(self, desc: str, disable: bool = False) -> None:
+        self.desc, self.disable, self.bar = desc, disable, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:  # made on the first report, when the total is known
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=self.desc, total=total, unit="step", disable=self.disable,
+                            file=sys.stderr)  # fmt: skip
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _percent(value: float | None) -> str:

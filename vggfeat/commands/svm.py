@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -139,26 +138,6 @@ def _parse_cs(value: str | None) -> list[float] | None:
     if not cs or min(cs) <= 0:
         raise click.BadParameter(f"{value!r}: give one or more positive C values.")
     return cs
-
-
-class _Progress:
-    """A tqdm bar driven by the SVM's ``progress(done, total)`` callback."""
-
-    def __init__(self, desc: str, disable: bool) -> None:
-        self.desc, self.disable, self.bar = desc, disable, None
-
-    def __call__(self, done: int, total: int) -> None:
-        if self.bar is None:  # made on the first report, when the total is known
-            from tqdm import tqdm
-
-            self.bar = tqdm(desc=self.desc, total=total, unit="step", disable=self.disable,
-                            file=sys.stderr)  # fmt: skip
-        self.bar.total = total
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -400,7 +379,9 @@ def fit(features, nets, scales, aggregate, block_norm, labels_path, train_split,
         loss=loss, tol=tol, max_iter=max_iter, device=device, random_state=seed,
         label_format="voc", class_names=list(train.classes) if train.multilabel else None,
     )  # fmt: skip
-    bar = _Progress("fitting SVMs", disable=quiet)
+    from vggfeat.report import FitProgress
+
+    bar = FitProgress("fitting SVMs", disable=quiet)
     with _warnings_as_lines():
         try:
             clf.fit(x, y, progress=bar)

@@ -370,6 +370,11 @@ def main(
                 "per_class": per_class,
             }
         )
+    finish(result, load0, json_out)
+
+
+def finish(result: dict, load0: tuple[float, float, float], json_out: str | None) -> None:
+    """Print the load average at the start and now, record it, and write the JSON."""
     load1 = os.getloadavg()
     click.echo(
         f"\nload average (1, 5, 15 min) on {os.cpu_count()} cores: start "

@@ -17,7 +17,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import resource
 import sys
@@ -27,7 +26,7 @@ import click
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bench_svm import make_voc_like  # noqa: E402
+from bench_svm import finish, make_voc_like  # noqa: E402
 
 
 def _peak_gib() -> float:
@@ -121,16 +120,7 @@ def main(n, n_test, dim, classes, C, tol, check_n, device, json_out):
             "primal_seconds": fits["primal_s"],
             "max_abs_ap_diff": diff,
         }
-    load1 = os.getloadavg()
-    click.echo(
-        f"load average (1, 5, 15 min) on {os.cpu_count()} cores: start "
-        f"{load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}, end {load1[0]:.1f} {load1[1]:.1f} "
-        f"{load1[2]:.1f}"
-    )
-    result["loadavg"] = {"start": load0, "end": load1}
-    if json_out:
-        with open(json_out, "w") as fh:
-            json.dump(result, fh, indent=2)
+    finish(result, load0, json_out)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from vggfeat.commands.options import device_option, scales_option, split_csv
+from vggfeat.commands.options import extraction_options, scales_option, split_csv
 
 __all__ = ["extract", "EXIT_SOME_FAILED"]
 
@@ -63,12 +63,7 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
     help="imagenet (torchvision IMAGENET1K_V1), demo (the shipped demo net), random, or a "
     "weights file; NET=SOURCE sets one net's weights.",
 )
-@click.option(
-    "--preprocess",
-    type=click.Choice(["torchvision", "caffe"]),
-    help="Override the preprocessing the weights carry.",
-)
-@click.option("--seed", default=0, show_default=True, help="Seed for --weights random.")
+@extraction_options
 @scales_option()
 @click.option(
     "--flip/--no-flip",
@@ -84,21 +79,6 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
     help="Layer to pool (after ReLU).",
 )
 @click.option(
-    "--batch-size",
-    default=0,
-    help="Images per forward pass [default: 4 on the CPU, 32 on a GPU].",
-)
-@click.option("--workers", default=2, show_default=True, help="Background decoding processes.")
-@device_option
-@click.option(
-    "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    default="auto",
-    show_default=True,
-    help="auto: bf16 where the device runs it natively (Ampere+ GPUs, AVX512-BF16/AMX CPUs), "
-    "else fp32; the store records the one that ran.",
-)
-@click.option(
     "--decode",
     type=click.Choice(["cpu", "device"]),
     default="cpu",
@@ -108,19 +88,10 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
 )
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the nets (GPU runs).")
 @click.option(
-    "--max-side",
-    default=2048,
-    show_default=True,
-    help="Longest side after rescaling; longer images are centre-cropped (reported).",
-)
-@click.option(
     "--out",
     required=True,
     type=click.Path(dir_okay=False),
     help="Feature store (.h5); an existing one is resumed.",
-)
-@click.option(
-    "--checkpoint-every", default=256, show_default=True, help="Images per crash-safe part file."
 )
 @click.option(
     "--retry-failed/--no-retry-failed",

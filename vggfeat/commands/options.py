@@ -7,7 +7,14 @@ from typing import Any
 
 import click
 
-__all__ = ["split_csv", "parse_scales", "scales_option", "json_option", "device_option"]
+__all__ = [
+    "split_csv",
+    "parse_scales",
+    "scales_option",
+    "json_option",
+    "device_option",
+    "extraction_options",
+]
 
 
 def split_csv(values: Sequence[str] | str | None) -> list[str]:
@@ -47,3 +54,49 @@ device_option = click.option(
     show_default=True,
     help="cpu, cuda, cuda:N or auto (cuda when available).",
 )
+
+
+def extraction_options(f: Any) -> Any:
+    """The engine and store options of every command that extracts (``extract``, ``recipe
+    run``), so that they cannot drift apart: --preprocess, --seed, --batch-size, --workers,
+    --device, --precision, --max-side, --checkpoint-every."""
+    options = [
+        click.option(
+            "--preprocess",
+            type=click.Choice(["torchvision", "caffe"]),
+            help="Override the preprocessing the weights carry.",
+        ),
+        click.option("--seed", default=0, show_default=True, help="Seed for --weights random."),
+        click.option(
+            "--batch-size",
+            default=0,
+            help="Images per forward pass [default: 4 on the CPU, 32 on a GPU].",
+        ),
+        click.option(
+            "--workers", default=2, show_default=True, help="Background decoding processes."
+        ),
+        device_option,
+        click.option(
+            "--precision",
+            type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+            default="auto",
+            show_default=True,
+            help="auto: bf16 where the device runs it natively (Ampere+ GPUs, AVX512-BF16/AMX "
+            "CPUs), else fp32; the store records the one that ran.",
+        ),
+        click.option(
+            "--max-side",
+            default=2048,
+            show_default=True,
+            help="Longest side after rescaling; longer images are centre-cropped (reported).",
+        ),
+        click.option(
+            "--checkpoint-every",
+            default=256,
+            show_default=True,
+            help="Images per crash-safe part file.",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f

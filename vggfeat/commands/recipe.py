@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from vggfeat.commands.options import device_option, parse_scales, split_csv
+from vggfeat.commands.options import extraction_options, parse_scales, split_csv
 
 __all__ = ["recipe"]
 
@@ -91,27 +91,7 @@ def _nets(nets: str | None, weights: tuple[str, ...]) -> list[str]:
     help="The C grid, comma-separated [default: the built-in grid]; C is chosen per class "
     "from it as the recipe says (holdout or 3-fold CV). A smaller grid is faster and reported.",
 )
-@click.option(
-    "--preprocess",
-    type=click.Choice(["torchvision", "caffe"]),
-    help="Override the preprocessing the weights carry.",
-)
-@click.option("--seed", default=0, show_default=True, help="Seed for --weights random.")
-@click.option("--batch-size", default=8, show_default=True, help="Images per forward pass.")
-@click.option("--workers", default=2, show_default=True, help="Background decoding processes.")
-@device_option
-@click.option(
-    "--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True
-)
-@click.option(
-    "--max-side",
-    default=2048,
-    show_default=True,
-    help="Longest side after rescaling; longer images are centre-cropped.",
-)
-@click.option(
-    "--checkpoint-every", default=256, show_default=True, help="Images per crash-safe part file."
-)
+@extraction_options
 @click.option("--width", default=1.0, hidden=True, help="Channel multiplier (tests only).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or notes.")
 def run(

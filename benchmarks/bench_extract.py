@@ -12,10 +12,12 @@ Workloads: 500x375 JPEGs (generated) and real mixed-size Caltech-101 images (--s
   per-scale fixed-shape forward (every image warped to one (Q, 4Q/3) shape: ideal batching);
 - decode alone (the workers' PIL decode and rescale);
 - achieved TFLOP/s (FLOPs counted from the network shapes: convolutions, then fc6/fc7 over the
-  valid map) and its fraction of a matmul peak measured in the same run;
+  valid map) and its fraction of a matmul peak measured in the same run; Winograd convolutions
+  do fewer multiplications than counted, so theirs is an effective rate and can pass the peak;
 - peak host (and device) memory; device, versions and settings (with --json).
 
     python benchmarks/bench_extract.py                           # CPU: Net-D, Q=256, 16 images/set
+                                                # (the default, and the same without Winograd)
     python benchmarks/bench_extract.py --net E --scales 256,384,512 --n 32 --json out.json
     python benchmarks/bench_extract.py --width 0.25 --n 48       # narrowed net, quicker
 """
@@ -68,9 +70,10 @@ def bench_set(name, paths, weights, args, tmp: Path) -> dict:
             scales=scales,
             flip=True,
             device=args.device,
-            precision=p,
+            precision=p.removesuffix("-direct"),
             batch_size=args.batch_size,
             workers=args.workers,
+            winograd=not p.endswith("-direct"),
         )  # fmt: skip
         for p in precisions
     }
@@ -187,7 +190,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=0, help="0: the engine's default")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument(
-        "--precision", default="auto", help="comma-separated: auto (the default), fp32, bf16"
+        "--precision",
+        default="auto,auto-direct",
+        help="comma-separated: auto (the default), fp32, bf16; '-direct': no Winograd",
     )
     parser.add_argument("--parts", type=int, default=4, help="interleaved parts (ABBA...)")
     parser.add_argument("--json", default=None, help="write the results as JSON")

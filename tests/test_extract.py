@@ -1,5 +1,7 @@
 """The dense engine: exact mixed-size batching, flips, both nets from one decode, precision."""
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -103,6 +105,49 @@ def test_prepacked_cpu_path_equals_plain_path(tiny_weights):
     for key in a:
         assert _max_rel(a[key], b[key]) <= 1e-5
     assert Extractor([w], _config(precision="bf16"))._packed == {}  # fp32 only
+
+
+nnpack = pytest.mark.skipif(not torch._nnpack_available(), reason="torch built without NNPACK")
+
+
+@nnpack
+def test_winograd_convolutions_match_a_float64_reference(tiny_weights, monkeypatch):
+    """Large maps' 3x3 convolutions run as NNPACK's Winograd, one image per call; the pool5
+    maps agree with torchvision's conv stack in float64 to fp32 rounding."""
+    real, shapes = torch._nnpack_spatial_convolution, []
+
+    def counted(x, *args):
+        shapes.append(tuple(x.shape))
+        return real(x, *args)
+
+    monkeypatch.setattr(torch, "_nnpack_spatial_convolution", counted)
+    ex = Extractor([tiny_weights("D", seed=2)], _config())
+    packed, vgg = ex._packed["D"], ex.models["D"][0].vgg
+    x = torch.randn((2, 3, 192, 256), generator=torch.Generator().manual_seed(0))
+    shapes.clear()  # the probe at build time ran it too
+    with torch.inference_mode():
+        got = packed(x).double()
+        want = copy.deepcopy(vgg.features).double()(x.double())
+    # Width 1/16: inputs of < 16 channels (conv1_x, conv2_x, conv3_1) and conv5's 12x16 maps
+    # stay direct; conv3_2, conv3_3 (16 channels, 48x64) and conv4_x (24x32) go Winograd.
+    assert sorted({s[1:] for s in shapes}) == [(16, 24, 32), (16, 48, 64), (32, 24, 32)]
+    assert len(shapes) == 2 * 5 and all(s[0] == 1 for s in shapes)
+    assert float((got - want).norm() / want.norm()) < 1e-5
+
+
+@nnpack
+def test_winograd_switch_streams_and_store_record(tiny_weights):
+    w = tiny_weights("E", seed=5)
+    on = Extractor([w], _config(scales=(256,), streams=2))
+    off = Extractor([w], _config(scales=(256,), streams=2, winograd=False))
+    one_stream = Extractor([w], _config(scales=(256,), streams=1))
+    a, b, c = on.describe(_images()), off.describe(_images()), one_stream.describe(_images())
+    for key in a:
+        assert 0 < _max_rel(a[key], b[key]) <= 1e-4  # another rounding of the same numbers
+        assert _max_rel(a[key], c[key]) <= 1e-6  # concurrent streams share no NNPACK state
+    assert "Winograd" in on.settings()["convolution"]
+    assert "convolution" not in off.settings()  # as stores made before Winograd
+    assert "convolution" not in Extractor([w], _config(precision="bf16")).settings()
 
 
 def _out_of_memory_above(monkeypatch, limit):

@@ -114,7 +114,7 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
 @click.option("--width", default=1.0, hidden=True, help="Channel multiplier (tests only).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, flip, layer,
-            batch_size, workers, device, precision, decode, compile_, max_side, out,
+            batch_size, workers, device, precision, winograd, decode, compile_, max_side, out,
             checkpoint_every, retry_failed, verify, content_hash, width,
             quiet) -> None:  # fmt: skip
     """Extract flip-averaged fc7 descriptors of INPUTS (image files or folders) at each scale.
@@ -150,7 +150,8 @@ def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, fl
         net_names = [infer_net(single) if file else "D"]
     config = ExtractConfig(scales=scales, flip=flip, layer=layer, precision=precision,
                            device=device, batch_size=batch_size, workers=workers,
-                           max_side=max_side, decode=decode, compile=compile_)  # fmt: skip
+                           max_side=max_side, decode=decode, compile=compile_,
+                           winograd=winograd)  # fmt: skip
     rank = current_rank()  # torchrun: shard, extract, and rank 0 joins the shards
     sources = _weights_by_net(weights, net_names)
     loaded = [load_weights(sources[n], n, preprocess, seed=seed, width=width) for n in net_names]

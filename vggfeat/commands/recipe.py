@@ -109,6 +109,7 @@ def run(
     workers,
     device,
     precision,
+    winograd,
     max_side,
     checkpoint_every,
     width,
@@ -140,6 +141,7 @@ def run(
         batch_size=batch_size,
         workers=workers,
         precision=precision,
+        winograd=winograd,
         max_side=max_side,
     )
     workdir = Path(workdir or Path("runs") / name)

@@ -304,7 +304,7 @@ class _PackedFeatures:
         # stream; a shared pool would serialise the streams.
         torch.set_num_threads(1)
         try:
-            for attempt in ((True, False) if winograd and torch._nnpack_available() else (False,)):
+            for attempt in (True, False) if winograd and torch._nnpack_available() else (False,):
                 packed = cls._checked(model, attempt)
                 if packed is not None:
                     return packed
@@ -399,7 +399,8 @@ class Extractor:
         self._packed: dict[str, _PackedFeatures | None] = {}
         if self.device.type == "cpu" and self.precision == "fp32" and not config.compile:
             self._packed = {
-                net: _PackedFeatures.build(m, config.winograd) for net, (m, _) in self.models.items()
+                net: _PackedFeatures.build(m, config.winograd)
+                for net, (m, _) in self.models.items()
             }
         dims = {net: self._dim(model) for net, (model, _) in self.models.items()}
         if len(set(dims.values())) != 1:

@@ -169,7 +169,7 @@ def test_out_of_memory_batch_is_retried_smaller_and_reported(tiny_weights, monke
     w = tiny_weights("D", seed=2)
     paths = write_images(tmp_path, [(240, 320)] * 8)
     samples = [(p.name, str(p)) for p in paths]
-    config = _config(batch_size=8, workers=0)
+    config = _config(batch_size=8, workers=0, streams=1)  # one stream: one batch of 8
     expected = []
     Extractor([w], config).run(samples, expected.append, progress=False)
     seen = _out_of_memory_above(monkeypatch, 2)

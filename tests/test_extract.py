@@ -11,7 +11,7 @@ from PIL import Image
 
 from vggfeat import devices
 from vggfeat.errors import ImageError, VggfeatError
-from vggfeat.extract import ExtractConfig, Extractor, plan_batches
+from vggfeat.extract import ExtractConfig, Extractor, _max_pool, plan_batches
 from vggfeat.images import decode_image, rescale_all
 
 SIZES = [(240, 320), (320, 240), (224, 224), (256, 300), (230, 400), (300, 260)]
@@ -148,6 +148,15 @@ def test_winograd_switch_streams_and_store_record(tiny_weights):
     assert "Winograd" in on.settings()["convolution"]
     assert "convolution" not in off.settings()  # as stores made before Winograd
     assert "convolution" not in Extractor([w], _config(precision="bf16")).settings()
+
+
+@pytest.mark.parametrize("hw", [(8, 10), (7, 9), (1, 5)])
+def test_max_pool_by_strided_maxima_equals_max_pool2d(hw):
+    x = torch.randn((2, 3, *hw), generator=torch.Generator().manual_seed(0))
+    x[0, 1, 0, 0] = float("nan")  # propagated, as max_pool2d does
+    got, want = _max_pool(x, 2, 2), F.max_pool2d(x, 2, 2)
+    assert got.shape == want.shape
+    assert torch.allclose(got, want, rtol=0, atol=0, equal_nan=True)
 
 
 def _out_of_memory_above(monkeypatch, limit):

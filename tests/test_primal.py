@@ -125,7 +125,13 @@ def test_primal_path_agrees_with_dual_path_on_ap_and_C():
     # Cross-validated C selection and the refit, end to end through SVMClassifier.
     X, Y = make_problem(n=700, dim=50, classes=4, seed=1, difficult=0.05, signal=0.5)
     X, Xt, Y, Yt = X[:400], X[400:], Y[:400], Y[400:]
-    kw = {"Cs": [0.01, 0.1, 1.0, 10.0], "cv": 3, "tol": 1e-5, "max_iter": 10_000, "label_format": "voc"}
+    kw = {
+        "Cs": [0.01, 0.1, 1.0, 10.0],
+        "cv": 3,
+        "tol": 1e-5,
+        "max_iter": 10_000,
+        "label_format": "voc",
+    }
     dual = SVMClassifier(solver="dual", **kw).fit(X, Y)
     prim = SVMClassifier(solver="primal", **kw).fit(X, Y)
     assert (dual.solver_, prim.solver_) == ("dual", "primal")

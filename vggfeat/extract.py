@@ -139,6 +139,15 @@ class ExtractSummary:
 
 
 @dataclass
+class _Pool5:
+    """A packed CPU batch's (n * copies, C, h, w) pool5 maps, whose fc6/fc7 run later with the
+    window's other batches (``Extractor._heads``)."""
+
+    maps: torch.Tensor
+    copies: int
+
+
+@dataclass
 class _Decoded:
     """One sample after decoding: per-Q pixels or the reason it failed."""
 
@@ -326,17 +335,16 @@ class _PackedFeatures:
             pass
         return None
 
-    @staticmethod
-    def _conv(x: torch.Tensor, direct: tuple, winograd: tuple | None) -> torch.Tensor:
+    def _conv(self, x: torch.Tensor, direct: tuple, winograd: tuple | None) -> torch.Tensor:
         if winograd is not None and x.shape[-2] * x.shape[-1] >= WINOGRAD_MIN_POSITIONS:
-            x = x.to_dense() if x.is_mkldnn else x
             weight, bias, padding = winograd
             # One image per call: NNPACK's batched path is its slow training algorithm.
             return torch.cat(
                 [torch._nnpack_spatial_convolution(im, weight, bias, padding) for im in x.split(1)]
             )
-        x = x if x.is_mkldnn else x.to_mkldnn()
-        return torch.mkldnn_convolution(x, *direct)
+        x = torch.mkldnn_convolution(x if x.is_mkldnn else x.to_mkldnn(), *direct)
+        # Around Winograd layers, maps stay dense: ReLU and pooling are far faster on them.
+        return x.to_dense() if self.winograd else x
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) fp32 -> (N, C, H/32, W/32) dense pool5 maps."""
@@ -345,9 +353,21 @@ class _PackedFeatures:
                 x = self._conv(x, *arg)
             elif kind == "relu":
                 x = torch.relu(x) if x.is_mkldnn else x.relu_()
-            else:
+            elif x.is_mkldnn:
                 x = torch.nn.functional.max_pool2d(x, *arg)
+            else:
+                x = _max_pool(x, *arg)
         return x.to_dense() if x.is_mkldnn else x
+
+
+def _max_pool(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
+    """``max_pool2d(x, 2, 2)`` (VGG's only pooling) as three elementwise maxima of strided views:
+    the same numbers, 4x faster than max_pool2d's NCHW kernel on one thread."""
+    if (kernel_size, stride) != (2, 2):
+        return torch.nn.functional.max_pool2d(x, kernel_size, stride)
+    h, w = x.shape[-2] // 2 * 2, x.shape[-1] // 2 * 2
+    top = torch.maximum(x[..., 0:h:2, 0:w:2], x[..., 0:h:2, 1:w:2])
+    return torch.maximum(top, torch.maximum(x[..., 1:h:2, 0:w:2], x[..., 1:h:2, 1:w:2]))
 
 
 class Extractor:
@@ -506,8 +526,7 @@ class Extractor:
             inp = preprocess.normalize(x).contiguous(memory_format=torch.channels_last)
             packed = None if padded else self._packed.get(net)
             if packed is not None:
-                pooled = model.pool5_descriptors(packed(inp), layer=self.config.layer)
-                out[net] = pooled.view(len(images), copies, -1).mean(dim=1)
+                out[net] = _Pool5(packed(inp), copies)
                 continue
             run = model if padded else self._compiled.get(net, model)
             with self._autocast():
@@ -543,7 +562,21 @@ class Extractor:
             for net, vectors in got.items():
                 outs.setdefault(net, []).append(vectors)
             failed.update({start + k: reason for k, reason in bad.items()})
-        return {net: torch.cat(parts) for net, parts in outs.items()}, failed
+        return {net: torch.cat(self._heads(net, parts)) for net, parts in outs.items()}, failed
+
+    @torch.inference_mode()
+    def _heads(self, net: str, batches: Sequence[torch.Tensor | _Pool5]) -> list[torch.Tensor]:
+        """(n, dim) descriptors of each batch: those still ``_Pool5`` get fc6/fc7 here, all in
+        one pass (one fc6 weight read for a window's worth of small batches)."""
+        waiting = [b for b in batches if isinstance(b, _Pool5)]
+        if not waiting:
+            return list(batches)
+        model = self.models[net][0]
+        pooled = iter(model.pool5_descriptors([b.maps for b in waiting], self.config.layer))
+        return [
+            next(pooled).view(-1, b.copies, self.dim).mean(dim=1) if isinstance(b, _Pool5) else b
+            for b in batches
+        ]
 
     def _release_memory(self) -> None:
         if self.device.type == "cuda":
@@ -577,7 +610,11 @@ class Extractor:
 
         pending: list[tuple[str, int, list[int], torch.Tensor]] = []
         failed: dict[int, str] = {}
-        for (_, q, members, _), (outs, bad) in zip(work, self._map(run, work)):
+        done = self._map(run, work)
+        for net in self.nets:  # the packed CPU path's heads, one pass per net and window
+            for (outs, _), vectors in zip(done, self._heads(net, [o[net] for o, _ in done])):
+                outs[net] = vectors
+        for (_, q, members, _), (outs, bad) in zip(work, done):
             pending += [(net, q, members, vectors) for net, vectors in outs.items()]
             for k, reason in bad.items():
                 failed.setdefault(members[k], reason)

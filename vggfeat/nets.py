@@ -7,7 +7,7 @@ views of the same parameters (no second copy of the 400 MB fc6).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -332,12 +332,38 @@ class DenseVGG(nn.Module):
         x, pad = self._pool5(x, sizes)
         return self._head(x, layer, pad)
 
-    def pool5_descriptors(self, pool5: torch.Tensor, layer: str = "fc7") -> torch.Tensor:
-        """:meth:`forward` from unpadded (N, C, h, w) pool5 maps computed elsewhere (e.g. by
-        a conv stack with pre-laid-out weights): (N, C') pooled ``layer`` descriptors."""
+    def pool5_descriptors(
+        self, maps: Sequence[torch.Tensor], layer: str = "fc7"
+    ) -> list[torch.Tensor]:
+        """:meth:`forward` from unpadded pool5 maps computed elsewhere (e.g. by a conv stack with
+        pre-laid-out weights), several batches of any sizes at once: fc6 then reads its weights
+        (411 MB in fp32) once per few thousand windows, not once per small batch.
+
+        Args:
+            maps: (N_i, C, h_i, w_i) pool5 maps.
+
+        Returns:
+            (N_i, C') pooled ``layer`` descriptors, one tensor per map.
+        """
         _check_layer(layer)
-        _check_pool5(pool5)
-        return self._head(pool5, layer, None)
+        for m in maps:
+            _check_pool5(m)
+        if layer == "pool5":
+            return [self._average(m.float(), None) for m in maps]
+        images = [x for m in maps for x in m.split(1)]
+        positions = torch.tensor([(x.shape[-2] - 6) * (x.shape[-1] - 6) for x in images])
+        per_product = max(1, _ROWS_PER_PRODUCT // int(positions.max()))
+
+        def chunks() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for begin in range(0, len(images), per_product):
+                group = range(begin, min(begin + per_product, len(images)))
+                rows = torch.cat([self._windows(images[i], None) for i in group])
+                owner = torch.tensor(group).repeat_interleave(positions[begin : group.stop])
+                yield rows, owner.to(rows.device)
+
+        total = self._pooled_rows(chunks(), len(images), layer)
+        mean = total / positions.to(total)[:, None]
+        return list(mean.split([len(m) for m in maps]))
 
     def _head(self, x: torch.Tensor, layer: str, pad: _Padding | None) -> torch.Tensor:
         if layer == "pool5":
@@ -356,13 +382,23 @@ class DenseVGG(nn.Module):
             owner = torch.arange(n, device=x.device).repeat_interleave((h - 6) * (w - 6))
             counts = torch.full((n,), float((h - 6) * (w - 6)), device=x.device)
         rows = self._windows(x, keep)
+        chunks = (
+            (rows[start : start + _ROWS_PER_PRODUCT], owner[start : start + _ROWS_PER_PRODUCT])
+            for start in range(0, len(rows), _ROWS_PER_PRODUCT)
+        )
+        return self._pooled_rows(chunks, n, layer) / counts[:, None]
+
+    def _pooled_rows(
+        self, chunks: Iterable[tuple[torch.Tensor, torch.Tensor]], n: int, layer: str
+    ) -> torch.Tensor:
+        """(n, C') float32 sums of ``layer`` over (rows, owner image) chunks of fc6 windows."""
         total = None
-        for start in range(0, len(rows), _ROWS_PER_PRODUCT):
-            out = self._classify_rows(rows[start : start + _ROWS_PER_PRODUCT], layer).float()
+        for rows, owner in chunks:
+            out = self._classify_rows(rows, layer).float()
             if total is None:
-                total = torch.zeros((n, out.shape[1]), device=x.device)
-            total.index_add_(0, owner[start : start + _ROWS_PER_PRODUCT], out)
-        return total / counts[:, None]
+                total = torch.zeros((n, out.shape[1]), device=out.device)
+            total.index_add_(0, owner, out)
+        return total
 
     def _average(self, maps: torch.Tensor, pad: _Padding | None) -> torch.Tensor:
         if pad is None:

@@ -150,7 +150,7 @@ def test_winograd_switch_streams_and_store_record(tiny_weights):
     assert "convolution" not in Extractor([w], _config(precision="bf16")).settings()
 
 
-@pytest.mark.parametrize("hw", [(8, 10), (7, 9), (1, 5)])
+@pytest.mark.parametrize("hw", [(8, 10), (7, 9), (3, 2)])
 def test_max_pool_by_strided_maxima_equals_max_pool2d(hw):
     x = torch.randn((2, 3, *hw), generator=torch.Generator().manual_seed(0))
     x[0, 1, 0, 0] = float("nan")  # propagated, as max_pool2d does

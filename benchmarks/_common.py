@@ -72,6 +72,12 @@ def image_set(name: str, n: int, tmp: Path, caltech_root: Path | None) -> list[P
     return make_jpegs(tmp / name, n) if name == "uniform" else caltech_images(n, caltech_root)
 
 
+def samples(paths: Sequence[Path]) -> list[tuple[str, str]]:
+    """(id, path) per file; the id keeps the folder, as Caltech's file names repeat across
+    class folders."""
+    return [(f"{p.parent.name}/{p.name}", str(p)) for p in paths]
+
+
 def image_sizes(paths: Sequence[Path]) -> list[tuple[int, int]]:
     """(H, W) of each file, from its header."""
     sizes = []

@@ -81,13 +81,13 @@ def bench_set(name, paths, weights, args, tmp: Path) -> dict:
     resolved = {p: ex.precision for p, ex in extractors.items()}
     tv = C.torchvision_model(weights, device)
     parts = C.split(paths, args.parts)
-    samples = [[(p.name, str(p)) for p in part] for part in parts]
+    samples = [C.samples(part) for part in parts]
     n = len(paths)
     sizes = C.image_sizes(paths)
     flops = C.workload_flops(sizes, [weights.net], args.width, scales, True, 2048)
 
     # Warm up every path (allocator, oneDNN/cuDNN kernel choice) on two images.
-    warm = [(p.name, str(p)) for p in paths[:2]]
+    warm = C.samples(paths[:2])
     for p, c in configs.items():
         extract_to_store(warm, tmp / f"warm_{p}.h5", [weights], c, progress=False)
     C.run_naive(tv, paths[:1], scales, device)

@@ -106,7 +106,7 @@ def fast_path_steps(weights, device, batch: int, shape: tuple[int, int], reps: i
 def bench_set(name, paths, weights, args, device, peak: float, tmp: Path) -> dict:
     """Every measurement of one image set; prints as it goes."""
     scales = tuple(int(s) for s in args.scales.split(","))
-    samples = [(p.name, str(p)) for p in paths]
+    samples = C.samples(paths)
     n = len(paths)
     flops = C.workload_flops(C.image_sizes(paths), [args.net], args.width, scales, True, 2048)
     print(f"\n{name}: {n} images, {flops / n / 1e9:.0f} GFLOP/image (Net-{args.net}, "

@@ -35,7 +35,7 @@ def child(folder: Path, n: int, args: argparse.Namespace) -> None:
     config = ExtractConfig(scales=tuple(int(s) for s in args.scales.split(",")),
                            device=args.device, workers=args.workers)  # fmt: skip
     start = time.perf_counter()
-    result = extract_to_store([(p.name, str(p)) for p in paths], folder / f"out_{n}.h5",
+    result = extract_to_store(C.samples(paths), folder / f"out_{n}.h5",
                               [weights], config, progress=False)  # fmt: skip
     seconds = time.perf_counter() - start
     print(json.dumps({

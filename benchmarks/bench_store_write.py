@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_extract import make_jpegs  # noqa: E402
+import _common as C  # noqa: E402
 
 import vggfeat.pipeline as pipeline  # noqa: E402
 from vggfeat.extract import ExtractConfig  # noqa: E402
@@ -107,8 +107,8 @@ def main() -> None:
     config = ExtractConfig(scales=scales, device="cpu", batch_size=8, workers=2)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        paths = make_jpegs(folder, args.n)
-        samples = [(p.name, str(p)) for p in paths]
+        paths = C.make_jpegs(folder, args.n)
+        samples = C.samples(paths)
         pipeline.extract_to_store(samples[:2], folder / "warm.h5", [weights], config,
                                   progress=False)  # fmt: skip
         spent = [0.0]

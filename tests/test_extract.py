@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import write_bad_images, write_images
 from PIL import Image
 
-from vggfeat import devices
+from vggfeat import devices, extract
 from vggfeat.errors import ImageError, VggfeatError
 from vggfeat.extract import ExtractConfig, Extractor, _max_pool, plan_batches
 from vggfeat.images import decode_image, rescale_all
@@ -121,6 +121,10 @@ def test_winograd_convolutions_match_a_float64_reference(tiny_weights, monkeypat
         return real(x, *args)
 
     monkeypatch.setattr(torch, "_nnpack_spatial_convolution", counted)
+    # Tiny nets' layers qualify from 16 channels and 768 positions.
+    monkeypatch.setattr(
+        extract, "_winograd_pays", lambda c, positions: c >= 16 and positions >= 768
+    )
     ex = Extractor([tiny_weights("D", seed=2)], _config())
     packed, vgg = ex._packed["D"], ex.models["D"][0].vgg
     x = torch.randn((2, 3, 192, 256), generator=torch.Generator().manual_seed(0))
@@ -136,7 +140,11 @@ def test_winograd_convolutions_match_a_float64_reference(tiny_weights, monkeypat
 
 
 @nnpack
-def test_winograd_switch_streams_and_store_record(tiny_weights):
+def test_winograd_switch_streams_and_store_record(tiny_weights, monkeypatch):
+    # Tiny nets' layers qualify from 16 channels and 768 positions.
+    monkeypatch.setattr(
+        extract, "_winograd_pays", lambda c, positions: c >= 16 and positions >= 768
+    )
     w = tiny_weights("E", seed=5)
     on = Extractor([w], _config(scales=(256,), streams=2))
     off = Extractor([w], _config(scales=(256,), streams=2, winograd=False))

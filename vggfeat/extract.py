@@ -248,14 +248,18 @@ def plan_batches(
     return batches
 
 
-# NNPACK's Winograd F(6x6, 3x3) beats oneDNN's direct convolution (one thread each) on maps of
-# at least this many positions, whatever the channels: 0.95x at 638, 1.06x at 768, 1.5-2.4x from
-# 1,344 on a 2-core AVX2 EPYC; below it the kernel transform NNPACK redoes on every call dominates.
-WINOGRAD_MIN_POSITIONS = 768
-# The first layer's 3 input channels leave Winograd's transforms nothing to amortise (0.4x).
-WINOGRAD_MIN_CHANNELS = 16
-# What the store records when Winograd ran (direct convolution records nothing, as before).
-WINOGRAD = f"NNPACK Winograd F(6x6,3x3) on maps of >= {WINOGRAD_MIN_POSITIONS} positions"
+# What the store records where Winograd may run (direct convolution records nothing, as before).
+WINOGRAD = "NNPACK Winograd F(6x6,3x3) where it pays (64+ input channels, large maps)"
+
+
+def _winograd_pays(in_channels: int, positions: int) -> bool:
+    """Whether NNPACK's Winograd F(6x6, 3x3) beats oneDNN's direct 3x3 convolution (one thread
+    each, measured on a 2-core AVX2 EPYC). NNPACK transforms the kernel on every call, which
+    small maps do not amortise: with 128+ input channels it is 0.5x at 336 positions, 0.95x at
+    638, 1.06x at 768, 1.4-2.4x from 1,344; with 64, 0.9x at 1,344, 1.3x at 5,440, 1.9x at
+    87,000; with 32 or fewer it loses everywhere (0.4-0.7x). Full-width VGGs: every layer but
+    the first on large enough maps."""
+    return positions >= (768 if in_channels >= 128 else 4096) and in_channels >= 64
 
 
 class _PackedFeatures:
@@ -296,11 +300,12 @@ class _PackedFeatures:
             and m.stride == (1, 1)
             and m.dilation == (1, 1)
             and m.groups == 1
-            and m.in_channels >= WINOGRAD_MIN_CHANNELS
+            and _winograd_pays(m.in_channels, positions=1 << 62)
         )
         if not usable:
             return None
-        return (m.weight.detach().contiguous(), m.bias.detach().contiguous(), list(m.padding))
+        weight, bias = m.weight.detach().contiguous(), m.bias.detach().contiguous()
+        return (m.in_channels, weight, bias, list(m.padding))
 
     @classmethod
     def build(cls, model: DenseVGG, winograd: bool = False) -> _PackedFeatures | None:
@@ -335,22 +340,45 @@ class _PackedFeatures:
             pass
         return None
 
-    def _conv(self, x: torch.Tensor, direct: tuple, winograd: tuple | None) -> torch.Tensor:
-        if winograd is not None and x.shape[-2] * x.shape[-1] >= WINOGRAD_MIN_POSITIONS:
-            weight, bias, padding = winograd
-            # One image per call: NNPACK's batched path is its slow training algorithm.
-            return torch.cat(
-                [torch._nnpack_spatial_convolution(im, weight, bias, padding) for im in x.split(1)]
-            )
-        x = torch.mkldnn_convolution(x if x.is_mkldnn else x.to_mkldnn(), *direct)
-        # Around Winograd layers, maps stay dense: ReLU and pooling are far faster on them.
-        return x.to_dense() if self.winograd else x
+    @property
+    def runs_winograd(self) -> bool:
+        """Whether some conv may run Winograd (on large enough maps)."""
+        return any(kind == "conv" and arg[1] is not None for kind, arg in self.ops)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) fp32 -> (N, C, H/32, W/32) dense pool5 maps."""
+    def _plan(self, height: int, width: int) -> list[bool]:
+        """For an (height, width) input, whether each conv runs Winograd."""
+        plan = []
         for kind, arg in self.ops:
             if kind == "conv":
-                x = self._conv(x, *arg)
+                winograd = arg[1]
+                plan.append(winograd is not None and _winograd_pays(winograd[0], height * width))
+            elif kind == "pool":
+                height, width = height // 2, width // 2
+        return plan
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) fp32 -> (N, C, H/32, W/32) dense pool5 maps.
+
+        Winograd takes and gives dense NCHW maps, oneDNN its own layout; where any layer runs
+        Winograd, every map is kept dense (ReLU in place and pooling are far faster on dense
+        maps), else in oneDNN's layout throughout (no conversions)."""
+        plan = self._plan(*x.shape[-2:])
+        dense, use_winograd = any(plan), iter(plan)
+        for kind, arg in self.ops:
+            if kind == "conv":
+                direct, nnpack = arg
+                if next(use_winograd):
+                    _, weight, bias, padding = nnpack
+                    # One image per call: NNPACK's batched path is its slow training algorithm.
+                    x = torch.cat(
+                        [
+                            torch._nnpack_spatial_convolution(i, weight, bias, padding)
+                            for i in x.split(1)
+                        ]
+                    )
+                else:
+                    x = torch.mkldnn_convolution(x if x.is_mkldnn else x.to_mkldnn(), *direct)
+                    x = x.to_dense() if dense else x
             elif kind == "relu":
                 x = torch.relu(x) if x.is_mkldnn else x.relu_()
             elif x.is_mkldnn:
@@ -452,7 +480,7 @@ class Extractor:
             "max_side": c.max_side,
             "dim": self.dim,
         }
-        if any(p is not None and p.winograd for p in self._packed.values()):
+        if any(p is not None and p.runs_winograd for p in self._packed.values()):
             settings["convolution"] = WINOGRAD
         if c.decode == "device":
             from vggfeat.devdecode import DECODER, INTERPOLATION_DEVICE

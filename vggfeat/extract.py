@@ -84,9 +84,10 @@ class ExtractConfig:
         window: Images grouped by shape together; 0 picks 8 batches' worth.
         streams: Batches run at once on the CPU, each on one core (0: one per torch thread);
             independent streams waste no time waiting for each other inside every layer.
-        winograd: fp32 on the CPU: run the 3x3 convolutions of large maps as NNPACK's Winograd
-            F(6x6, 3x3), 1.5-2.4x faster than direct; descriptors move by ~1e-5 of their norm.
-            The store records it; False computes what earlier versions did.
+        winograd: fp32 on the CPU: run the 3x3 convolutions where it pays (64+ input channels,
+            large maps) as NNPACK's Winograd F(6x6, 3x3), up to 2.4x faster than direct;
+            descriptors move by 1e-6 to 1e-5 of their norm. The store records it; False
+            computes what earlier versions did.
     """
 
     scales: tuple[int, ...] = (256, 384, 512)
@@ -265,7 +266,7 @@ def _winograd_pays(in_channels: int, positions: int) -> bool:
 class _PackedFeatures:
     """A VGG's conv stack for unpadded fp32 batches on the CPU: oneDNN convolutions with their
     weights laid out once in its blocked format, and (``winograd``) NNPACK's Winograd F(6x6, 3x3)
-    convolutions on the large maps, where they are 1.5-2.4x faster.
+    convolutions where they are faster (:func:`_winograd_pays`).
 
     A plain convolution call re-lays out its weights (and its input) on every call; doing it
     once saves about 15% of the CPU time. Winograd computes the same convolution with a quarter
@@ -300,7 +301,7 @@ class _PackedFeatures:
             and m.stride == (1, 1)
             and m.dilation == (1, 1)
             and m.groups == 1
-            and _winograd_pays(m.in_channels, positions=1 << 62)
+            and _winograd_pays(m.in_channels, positions=1 << 62)  # on some map size
         )
         if not usable:
             return None

@@ -693,7 +693,8 @@ class Extractor:
         """Descriptors (n, dim) float32 of n already-rescaled (H, W, 3) uint8 images, in one
         pass over a shared canvas (padding masked, so equal to one image at a time)."""
         canvas = _canvas([_hw(im) for im in images], 1)
-        return self._describe_batch(images, canvas)[net].cpu().numpy()
+        (vectors,) = self._heads(net, [self._describe_batch(images, canvas)[net]])
+        return vectors.cpu().numpy()
 
     def describe(self, images: Sequence[np.ndarray]) -> dict[tuple[str, int], np.ndarray]:
         """Descriptors of decoded (H, W, 3) uint8 RGB images: (net, Q) -> (n, dim) float32."""

@@ -279,7 +279,8 @@ class FixedShape:
         for arr in inputs.values():
             for start in range(0, len(arr), ex.batch_size):
                 images = list(arr[start : start + ex.batch_size])
-                ex._describe_batch(images, images[0].shape[:2])
+                for net, vectors in ex._describe_batch(images, images[0].shape[:2]).items():
+                    ex._heads(net, [vectors])  # fc6/fc7, where the packed CPU path defers it
         sync(ex.device)
 
 

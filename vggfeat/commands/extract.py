@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
 
 from vggfeat.commands.options import extraction_options, scales_option, split_csv
 
-__all__ = ["extract", "EXIT_SOME_FAILED"]
+if TYPE_CHECKING:
+    from vggfeat.weights import Weights
+
+__all__ = ["extract", "load_requested_weights", "EXIT_SOME_FAILED"]
 
 # Exit status when the run finished but some images could not be used (see `vggfeat info`).
 EXIT_SOME_FAILED = 3
@@ -32,6 +37,29 @@ def _weights_by_net(values: tuple[str, ...], nets: list[str]) -> dict[str, str]:
         else:
             chosen = {n: value for n in nets}
     return chosen
+
+
+def load_requested_weights(
+    nets: Sequence[str] | str | None,
+    weights: tuple[str, ...],
+    default_nets: list[str],
+    preprocess: str | None,
+    seed: int,
+    width: float,
+) -> list[Weights]:
+    """The weights of each net that --net/--nets and --weights ask for. Without --net, a single
+    weights file (or demo) that holds one net (e.g. a training run's final.pth) gives that
+    net alone, anything else ``default_nets``."""
+    from vggfeat.nets import canonical_net
+    from vggfeat.weights import infer_net, load_weights
+
+    names = list(dict.fromkeys(canonical_net(n) for n in split_csv(nets)))
+    if not names:
+        single = weights[0] if len(weights) == 1 and "=" not in weights[0] else None
+        file = single is not None and single not in ("imagenet", "random")
+        names = [infer_net(single)] if file else list(default_nets)
+    sources = _weights_by_net(weights, names)
+    return [load_weights(sources[n], n, preprocess, seed=seed, width=width) for n in names]
 
 
 @click.command()
@@ -138,23 +166,15 @@ def extract(inputs, list_file, root, nets, weights, preprocess, seed, scales, fl
     from vggfeat.datasets import ScanReport, find_images
     from vggfeat.distributed import current_rank, extract_distributed
     from vggfeat.extract import ExtractConfig
-    from vggfeat.nets import canonical_net
     from vggfeat.pipeline import extract_to_store
     from vggfeat.store import printable
-    from vggfeat.weights import infer_net, load_weights
 
-    net_names = list(dict.fromkeys(canonical_net(n) for n in split_csv(nets)))
-    if not net_names:  # a single weights file (e.g. a training run's final.pth) names its net
-        single = weights[0] if len(weights) == 1 and "=" not in weights[0] else None
-        file = single is not None and single not in ("imagenet", "random")
-        net_names = [infer_net(single) if file else "D"]
     config = ExtractConfig(scales=scales, flip=flip, layer=layer, precision=precision,
                            device=device, batch_size=batch_size, workers=workers,
                            max_side=max_side, decode=decode, compile=compile_,
                            winograd=winograd)  # fmt: skip
     rank = current_rank()  # torchrun: shard, extract, and rank 0 joins the shards
-    sources = _weights_by_net(weights, net_names)
-    loaded = [load_weights(sources[n], n, preprocess, seed=seed, width=width) for n in net_names]
+    loaded = load_requested_weights(nets, weights, ["D"], preprocess, seed, width)
     scan = ScanReport()  # after the weights: a bad --weights is refused before a long scan
     samples = find_images(inputs, root=root, list_file=list_file, report=scan)
     if rank is None or rank.rank == 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from vggfeat.commands.options import extraction_options, parse_scales, split_csv
+from vggfeat.commands.options import extraction_options, parse_scales
 
 __all__ = ["recipe"]
 
@@ -29,20 +29,6 @@ def list_() -> None:
     width = max(len(name) for name in RECIPES)
     for name, r in RECIPES.items():
         click.echo(f"{name:<{width}}  {r.protocol}")
-
-
-def _nets(nets: str | None, weights: tuple[str, ...]) -> list[str]:
-    """--nets, or by default D,E; a single weights file (or demo) that holds one net gives that
-    net alone, as `vggfeat extract` does."""
-    from vggfeat.nets import canonical_net
-    from vggfeat.weights import infer_net
-
-    if nets:
-        return list(dict.fromkeys(canonical_net(n) for n in split_csv(nets)))
-    single = weights[0] if len(weights) == 1 and "=" not in weights[0] else None
-    if single is not None and single not in ("imagenet", "random"):
-        return [infer_net(single)]
-    return ["D", "E"]
 
 
 @recipe.command()
@@ -120,21 +106,18 @@ def run(
     images) server files go to --workdir."""
     from pathlib import Path
 
-    from vggfeat.commands.extract import _weights_by_net
+    from vggfeat.commands.extract import load_requested_weights
     from vggfeat.commands.svm import _parse_cs, _warnings_as_lines
     from vggfeat.extract import ExtractConfig
     from vggfeat.recipes import RECIPES, run_recipe
     from vggfeat.store import printable
-    from vggfeat.weights import load_weights
 
     if name not in RECIPES:
         raise click.UsageError(
             f"Unknown recipe {name!r}; choose one of {', '.join(RECIPES)} (`vggfeat recipe list`)."
         )
     r = RECIPES[name]
-    net_names = _nets(nets, weights)
-    sources = _weights_by_net(weights, net_names)
-    loaded = [load_weights(sources[n], n, preprocess, seed=seed, width=width) for n in net_names]
+    loaded = load_requested_weights(nets, weights, ["D", "E"], preprocess, seed, width)
     config = ExtractConfig(
         scales=scales or r.scales,
         device=device,

@@ -17,6 +17,7 @@ from vggfeat.errors import VggfeatError
 
 __all__ = [
     "PRECISION_CHOICES",
+    "PRECISIONS",
     "resolve_device",
     "native_bf16",
     "resolve_precision",
@@ -25,6 +26,8 @@ __all__ = [
 
 # 'auto' resolves to one of the others (see resolve_precision); stores record the resolved one.
 PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+# The compute dtype of each resolved precision (autocast's for bf16 and fp16).
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from vggfeat.datasets.classes import LabelledImages
-from vggfeat.devices import resolve_device
+from vggfeat.devices import PRECISIONS, resolve_device
 from vggfeat.errors import ImageError, VggfeatError
 from vggfeat.images import check_scales, decode_image, rescale
 from vggfeat.nets import VGG, DenseVGG
@@ -41,7 +41,6 @@ __all__ = [
 ]
 
 MODES = ("dense", "multi-crop", "dense+multi-crop")
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from vggfeat.datasets.samples import sample_box
-from vggfeat.devices import PRECISION_CHOICES, resolve_device, resolve_precision
+from vggfeat.devices import PRECISION_CHOICES, PRECISIONS, resolve_device, resolve_precision
 from vggfeat.errors import ImageError, VggfeatError
 from vggfeat.images import (
     DEFAULT_MAX_SIDE,
@@ -47,7 +47,6 @@ __all__ = [
     "plan_batches",
 ]
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Where JPEGs are decoded and rescaled: 'cpu' (PIL, in the workers) or 'device' (nvJPEG and
 # torch interpolation on the GPU; other formats PIL). They differ by a grey level here and
 # there, so the store records which one ran.

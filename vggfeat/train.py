@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from vggfeat.datasets.classes import LabelledImages, align_classes
-from vggfeat.devices import resolve_device
+from vggfeat.devices import PRECISIONS, resolve_device
 from vggfeat.errors import ImageError, VggfeatError
 from vggfeat.files import publish, publish_bytes
 from vggfeat.images import decode_image, rescale
@@ -63,7 +63,6 @@ CHECKPOINT_VERSION = 1
 CHECKPOINT_NAME = "checkpoint.pth"
 FINAL_NAME = "final.pth"
 INITS = ("auto", "normal", "glorot", "kaiming")
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FINAL_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 # Options that may change between a run and its resumption: they do not change the numbers.
 _RESUMABLE = ("epochs", "max_steps", "device", "workers", "checkpoint_every")

@@ -200,6 +200,25 @@ def test_progress_and_determinism():
     np.testing.assert_array_equal(a.cv_fold_, b.cv_fold_)
 
 
+@pytest.mark.parametrize("groups", [1, 3])
+def test_threads_do_not_change_the_solution(monkeypatch, groups):
+    """Folds run at once in threads, and a batch's problems are split over threads, each group
+    with its own coordinate orders: the optimum, and so the chosen C, is the same (to the
+    solver's tolerance) as with folds one after another and another grouping."""
+    import vggfeat.svm as svm
+
+    X, Y = make_problem(n=150, dim=30, seed=11, difficult=0.05, signal=0.5)
+    params = dict(Cs=[0.03, 0.3, 3.0], cv=3, solver="dual", **TIGHT, **VOC)
+    ref = SVMClassifier(**params).fit(X, Y)
+    monkeypatch.setattr(svm, "_CPU_GROUPS", groups)
+    # A budget too small for one fold kernel at a time runs the folds one after another.
+    other = SVMClassifier(**params, max_gram_bytes=12 * 100**2).fit(X, Y)
+    np.testing.assert_array_equal(other.cv_fold_, ref.cv_fold_)
+    np.testing.assert_allclose(other.cv_scores_, ref.cv_scores_, atol=1e-6)
+    np.testing.assert_array_equal(other.C_, ref.C_)
+    assert rel_err(other.coef_, ref.coef_) < 1e-4
+
+
 def test_convergence_warning():
     X, Y = make_problem(n=80, seed=11)
     with pytest.warns(ConvergenceWarning, match="max_iter=1"):

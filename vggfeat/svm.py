@@ -59,6 +59,7 @@ import json
 import math
 import os
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -108,7 +109,9 @@ _BLOCK = 128  # coordinates per block: one (N, B) x (B, P) product per block
 #: (128 x 8 passes costs about 10% less per fold at VOC-2007 size than 256 x 6: the passes
 #: cost O(B^2) per block, and more of them cut the epochs as much.)
 _PASSES = (0, 1) * 4
-_FLOAT32_PRODUCTS = True
+#: Threads (groups of problems) of the dual solver on CPU. Fixed, not the number of cores, so
+#: that the result (each group's coordinate orders) is the same on every machine.
+_CPU_GROUPS = 2
 _GRAM_BLOCK = 512  # rows per block of the Gram matrix
 _PREDICT_ROWS = 2048
 #: Default largest N x N float64 Gram matrix (bytes) the dual path builds; above it "auto"
@@ -286,7 +289,8 @@ class SVMClassifier(ClassifierMixin, BaseEstimator):
 
         t0 = time.perf_counter()
         if solver == "dual":
-            gram = _gram(X, scale, device, dtype, ticker)
+            with _warming_up():
+                gram = _gram(X, scale, device, dtype, ticker)
             log(f"Gram {n}x{n} from D={dim} on {device}: {time.perf_counter() - t0:.1f}s")
         else:
             log(f"primal solver: {n}x{dim} X, Gram would take {8 * n * n / 2**30:.1f} GiB")
@@ -812,13 +816,15 @@ def _make_splits(
 class _Ticker:
     def __init__(self, progress: Progress | None, total: int) -> None:
         self.progress, self.total, self.done = progress, total, 0
+        self._lock = threading.Lock()
         if progress is not None:
             progress(0, total)
 
     def __call__(self, n: int = 1) -> None:
-        self.done += n
-        if self.progress is not None and n:
-            self.progress(min(self.done, self.total), self.total)
+        with self._lock:  # folds may finish problems in several threads
+            self.done += n
+            if self.progress is not None and n:
+                self.progress(min(self.done, self.total), self.total)
 
 
 class _Log:
@@ -843,6 +849,11 @@ def _cross_validate(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Validation AP of every (class, C) on every split, all solved on the one kernel.
 
+    On CPU the splits run at once, one thread each (as many as the fold kernels, 12 n^2
+    bytes each, fit in ``max_gram_bytes``), each split's problems in one batch: three folds
+    on two cores keep both busy with no thread waiting on another. Each split has its own
+    random generator, so results do not depend on which runs first.
+
     Returns:
         (K, M) mean validation AP over the splits where the class has a positive (NaN where
         none has), and the (N, K * M) mean of each row's dual variables over the splits it
@@ -858,21 +869,35 @@ def _cross_validate(
     ap = np.full((len(splits), K, M), np.nan)
     alpha_sum = np.zeros((n, K * M))
     counts = np.zeros(n)
-    for f, (tr, va) in enumerate(splits):
+    seeds = rng.integers(2**63 - 1, size=len(splits))
+    largest = max(len(tr) for tr, _ in splits)
+    workers = min(len(splits), int(opts["max_gram_bytes"] // (12 * largest**2)))
+    concurrent = dev.type == "cpu" and workers > 1
+
+    def solve(f: int) -> np.ndarray:
+        tr, va = splits[f]
         t = time.perf_counter()
         alpha, n_iter = _solve_dual(
-            gram, tr, col_Y[tr], col_C, squared, opts, rng, ticker=ticker,
-            what=f"fold {f + 1}/{len(splits)}",
+            gram, tr, col_Y[tr], col_C, squared, opts, np.random.default_rng(seeds[f]),
+            ticker=ticker, what=f"fold {f + 1}/{len(splits)}", groups=1 if concurrent else 0,
         )  # fmt: skip
         cross = _submatrix(gram, va, tr)
         val = (cross @ torch.from_numpy(alpha * col_Y[tr]).to(dev, gram.dtype)).cpu().numpy()
         del cross
         ap[f] = _validation_ap(val, Y[va], M)
-        alpha_sum[tr] += alpha
-        counts[tr] += 1
         log(f"fold {f + 1}/{len(splits)}: {len(tr)} train, {len(va)} validation rows, {K * M} "
             f"problems, epochs max {n_iter.max()} median {int(np.median(n_iter))}: "
             f"{time.perf_counter() - t:.1f}s")  # fmt: skip
+        return alpha
+
+    if concurrent:
+        with _single_threaded_blas(), ThreadPoolExecutor(workers, "vggfeat-fold") as pool:
+            alphas = list(pool.map(solve, range(len(splits))))
+    else:
+        alphas = [solve(f) for f in range(len(splits))]
+    for (tr, _), alpha in zip(splits, alphas):
+        alpha_sum[tr] += alpha
+        counts[tr] += 1
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN classes: the caller raises
         scores = np.nanmean(ap, axis=0)
@@ -990,21 +1015,31 @@ def _submatrix(gram: Any, rows: np.ndarray, cols: np.ndarray) -> Any:
 
 
 @contextlib.contextmanager
-def _update_pool(device: Any) -> Iterator[ThreadPoolExecutor | None]:
-    """On CPU, a one-worker pool that applies a block's update while the main thread sweeps
-    the next block, with torch and BLAS single-threaded meanwhile (spinning BLAS workers slow
-    the Python part down); on a GPU, no pool."""
-    if device.type != "cpu":
-        yield None
-        return
+def _warming_up() -> Iterator[None]:
+    """Load the compiled block sweeps (:func:`vggfeat.sweep.warm_up`, about a second) in a
+    thread while the caller computes the Gram matrix, rather than in the first epoch."""
+    from vggfeat.sweep import warm_up
+
+    thread = threading.Thread(target=warm_up, name="vggfeat-sweep-warm-up", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        thread.join()
+
+
+@contextlib.contextmanager
+def _single_threaded_blas() -> Iterator[None]:
+    """torch and BLAS single-threaded meanwhile: the solver's own threads share the cores,
+    and spinning BLAS workers slow its Python part down."""
     import torch
     from threadpoolctl import threadpool_limits
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with threadpool_limits(limits=1), ThreadPoolExecutor(max_workers=1) as pool:
-            yield pool
+        with threadpool_limits(limits=1):
+            yield
     finally:
         torch.set_num_threads(threads)
 
@@ -1020,6 +1055,7 @@ def _solve_dual(
     alpha0: np.ndarray | None = None,
     ticker: _Ticker | None = None,
     what: str = "",
+    groups: int = 0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Dual coordinate descent for P SVM problems on the same rows of one kernel.
 
@@ -1030,17 +1066,11 @@ def _solve_dual(
     with K = gram[rows][:, rows]; d_p = 1/(2 C_p), U = inf for the squared hinge and d_p = 0,
     U = C_p for the hinge; rows with y_ip = 0 are not in problem p (U_ip = 0).
 
-    Each epoch visits the coordinates in a new random order, as liblinear does (a fixed or
-    block-structured order is many times slower here: the kernel of non-negative features has
-    a large constant component, the worst case for cyclic coordinate descent). The order is
-    cut into blocks of :data:`_BLOCK`; each block gets several exact passes on the host
-    (:func:`vggfeat.sweep.sweep_block`: single steps, and pair steps that leave the constant
-    component alone); then one (n, b) x (b, P) product brings every row's decision values up
-    to date. On CPU those products read a float32 copy of K (twice as fast) and accumulate in
-    float64; the decision values then drift from K's by float32 rounding, so they are
-    recomputed exactly (float64) before a problem is declared converged: a problem stops when
-    the range of its projected gradient over all its coordinates, from exact decision values,
-    is at most ``tol`` (liblinear's test).
+    The problems are independent. On CPU they are dealt (in order of C, so that every group
+    holds each C alike) into ``groups`` (default :data:`_CPU_GROUPS`) groups, each solved by
+    :func:`_descend` in its own thread, with single-threaded BLAS, on one shared kernel. Each
+    group has its own random generator, drawn from ``rng``, so the result does not depend on
+    which thread runs first. On a GPU one batch holds them all.
 
     Args:
         gram: (N, N) kernel, on the compute device.
@@ -1049,91 +1079,146 @@ def _solve_dual(
         C: (P,) C per problem.
         squared: Squared hinge (else hinge).
         opts: Validated parameters (tol, max_iter).
-        rng: numpy Generator for the coordinate order.
+        rng: numpy Generator for the coordinate orders.
         alpha0: (n, P) warm start (clipped to the box).
         ticker: Told of each problem that finishes.
         what: Name of the batch, for warnings.
+        groups: CPU threads (0: :data:`_CPU_GROUPS`; 1: this thread, BLAS as the caller set).
 
     Returns:
         alpha (n, P) float64 in the order of ``rows``, and the epochs used per problem (P,).
     """
+    rows = np.asarray(rows)
+    C = np.asarray(C, dtype=np.float64)
+    whole = len(rows) == len(gram) and np.array_equal(rows, np.arange(len(rows)))
+    K = gram if whole else _submatrix(gram, rows, rows)  # no copy for a refit on all rows
+    if gram.device.type != "cpu":
+        return _descend(K, None, Y, C, squared, opts, rng, alpha0, ticker, what)
+    K = K.numpy()
+    K32 = K.astype(np.float32)
+    n, P = Y.shape
+    by_C = np.argsort(C, kind="stable")
+    parts = [np.sort(by_C[g :: groups or _CPU_GROUPS]) for g in range(groups or _CPU_GROUPS)]
+    parts = [cols for cols in parts if len(cols)]
+    seeds = rng.integers(2**63 - 1, size=len(parts))
+
+    def solve(g: int) -> tuple[np.ndarray, np.ndarray]:
+        cols = parts[g]
+        return _descend(
+            K, K32, Y[:, cols], C[cols], squared, opts, np.random.default_rng(seeds[g]),
+            None if alpha0 is None else alpha0[:, cols], ticker, what,
+        )  # fmt: skip
+
+    if len(parts) == 1:  # in the caller's thread (a fold of the concurrent cross-validation)
+        return solve(0)
+    with _single_threaded_blas(), ThreadPoolExecutor(len(parts), "vggfeat-svm") as pool:
+        solved = list(pool.map(solve, range(len(parts))))
+    alpha, epochs = np.empty((n, P)), np.empty(P, np.int64)
+    for cols, (a, e) in zip(parts, solved):
+        alpha[:, cols], epochs[cols] = a, e
+    return alpha, epochs
+
+
+def _descend(
+    K: Any,
+    K32: np.ndarray | None,
+    Y: np.ndarray,
+    C: np.ndarray,
+    squared: bool,
+    opts: dict[str, Any],
+    rng: Any,
+    alpha0: np.ndarray | None,
+    ticker: _Ticker | None,
+    what: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`_solve_dual`'s problems solved as one batch on the (n, n) kernel K (numpy on
+    CPU, with its float32 copy K32; else a tensor, and K32 None).
+
+    Each epoch visits the coordinates in a new random order, as liblinear does (a fixed or
+    block-structured order is many times slower here: the kernel of non-negative features has
+    a large constant component, the worst case for cyclic coordinate descent). The order is
+    cut into blocks of :data:`_BLOCK`; each block gets several exact passes on the host
+    (:func:`vggfeat.sweep.sweep_block`: single steps, and pair steps that leave the constant
+    component alone); then one (n, b) x (b, P) product brings every row's decision values up
+    to date. On CPU those products read K32 (twice as fast) and accumulate in float32 over an
+    epoch; the decision values then drift from K's by float32 rounding, so they are
+    recomputed exactly (float64) before a problem is declared converged: a problem stops when
+    the range of its projected gradient over all its coordinates, from exact decision values,
+    is at most ``tol`` (liblinear's test).
+    """
     import torch
 
-    with _update_pool(gram.device) as pool:
-        n, P = Y.shape
-        dev = gram.device
-        cpu = dev.type == "cpu"
-        tol, max_iter = opts["tol"], opts["max_iter"]
-        rows = np.asarray(rows)
-        whole = len(rows) == len(gram) and np.array_equal(rows, np.arange(len(rows)))
-        K = gram if whole else _submatrix(gram, rows, rows)  # no copy for a refit on all rows
-        if cpu:
-            K = K.numpy()
-        K32 = K.astype(np.float32) if cpu and _FLOAT32_PRODUCTS else None
-        C = np.asarray(C, dtype=np.float64)
-        upper = np.full(P, np.inf) if squared else C
-        Yf = Y.astype(np.float64)
-        U = np.where(Yf != 0, upper[None, :], 0).astype(np.float64)
-        D = (0.5 / C if squared else np.zeros(P)).astype(np.float64)
-        A = np.zeros((n, P), np.float64)
-        if alpha0 is not None:
-            A[:] = np.clip(alpha0, 0, U)
-        out = np.zeros((n, P))
-        epochs = np.zeros(P, np.int64)
-        active = np.arange(P)
+    n, P = Y.shape
+    cpu = K32 is not None
+    dev = None if cpu else K.device
+    tol, max_iter = opts["tol"], opts["max_iter"]
+    upper = np.full(P, np.inf) if squared else C
+    Yf = Y.astype(np.float64)
+    U = np.where(Yf != 0, upper[None, :], 0).astype(np.float64)
+    D = (0.5 / C if squared else np.zeros(P)).astype(np.float64)
+    A = np.zeros((n, P), np.float64)
+    if alpha0 is not None:
+        A[:] = np.clip(alpha0, 0, U)
+    out = np.zeros((n, P))
+    epochs = np.zeros(P, np.int64)
+    active = np.arange(P)
 
-        def decisions(cols: np.ndarray | None = None) -> Any:
-            """(n, p) exact decision values K (y*a), float64, of all or some problems."""
-            beta = Yf * A if cols is None else Yf[:, cols] * A[:, cols]
-            return K @ beta if cpu else K @ torch.from_numpy(beta).to(dev)
+    def decisions(cols: np.ndarray | None = None) -> Any:
+        """(n, p) exact decision values K (y*a), float64, of all or some problems."""
+        beta = Yf * A if cols is None else Yf[:, cols] * A[:, cols]
+        if cpu:  # (beta^T K)^T, K symmetric: a third faster than K @ beta for a few columns
+            return np.ascontiguousarray((np.ascontiguousarray(beta.T) @ K).T)
+        return K @ torch.from_numpy(beta).to(dev)
 
-        if alpha0 is not None:
-            F = decisions()  # (n, P): rows are contiguous for the blocks
-        else:
-            F = np.zeros((n, P)) if cpu else torch.zeros((n, P), dtype=K.dtype, device=dev)
+    if alpha0 is not None:
+        F = decisions()  # (n, P): rows are contiguous for the blocks
+    else:
+        F = np.zeros((n, P)) if cpu else torch.zeros((n, P), dtype=K.dtype, device=dev)
+    G = _gradient(Yf, F, D, A)
+    hi = np.full(P, np.inf)
+    lo = np.full(P, -np.inf)
+    for epoch in range(1, max_iter + 1):
+        # liblinear's shrinking: a coordinate at a bound whose gradient points out of the box
+        # by more than last epoch's largest violation is skipped; here only when that holds
+        # in every problem of the batch.
+        movable = ~(((A <= 0) & (G > hi)) | ((A >= U) & (G < lo)) | (U <= 0)).all(axis=1)
+        visit = np.flatnonzero(movable)
+        visit = visit[rng.permutation(len(visit))]
+        _epoch(K, F, A, Yf, U, D, visit, rng, K32)
         G = _gradient(Yf, F, D, A)
-        hi = np.full(P, np.inf)
-        lo = np.full(P, -np.inf)
-        for epoch in range(1, max_iter + 1):
-            # liblinear's shrinking: a coordinate at a bound whose gradient points out of the box
-            # by more than last epoch's largest violation is skipped; here only when that holds
-            # in every problem of the batch.
-            movable = ~(((A <= 0) & (G > hi)) | ((A >= U) & (G < lo)) | (U <= 0)).all(axis=1)
-            visit = np.flatnonzero(movable)
-            visit = visit[rng.permutation(len(visit))]
-            _epoch(K, F, A, Yf, U, D, visit, pool, rng, K32)
+        pmax, pmin = _pg_range(G, A, U)
+        done = pmax - pmin <= tol
+        if done.any():  # confirm on exactly recomputed decision values
+            cols = np.flatnonzero(done)
+            F[:, cols if cpu else torch.from_numpy(cols).to(dev)] = decisions(cols)
             G = _gradient(Yf, F, D, A)
             pmax, pmin = _pg_range(G, A, U)
             done = pmax - pmin <= tol
-            if done.any():  # confirm on exactly recomputed decision values
-                cols = np.flatnonzero(done)
-                F[:, cols if cpu else torch.from_numpy(cols).to(dev)] = decisions(cols)
-                G = _gradient(Yf, F, D, A)
-                pmax, pmin = _pg_range(G, A, U)
-                done = pmax - pmin <= tol
-            if epoch == max_iter and not done.all():
-                warnings.warn(
-                    f"vggfeat.svm: {int((~done).sum())} of {P} problems ({what}) did not converge "
-                    f"in max_iter={max_iter} epochs; increase max_iter or tol.",
-                    ConvergenceWarning,
-                    stacklevel=4,
-                )
-                done[:] = True
-            if done.any():
-                out[:, active[done]] = A[:, done]
-                epochs[active[done]] = epoch
-                if ticker is not None:
-                    ticker(int(done.sum()))
-                keep = ~done
-                active = active[keep]
-                if not len(active):
-                    break
-                Yf, U, A, D, G = Yf[:, keep], U[:, keep], A[:, keep], D[keep], G[:, keep]
-                pmax, pmin = pmax[keep], pmin[keep]
-                F = F[:, keep] if cpu else F[:, torch.from_numpy(np.flatnonzero(keep)).to(dev)]
-            hi = np.where(pmax > 0, pmax, np.inf)
-            lo = np.where(pmin < 0, pmin, -np.inf)
-        return out, epochs
+        if epoch == max_iter and not done.all():
+            warnings.warn(
+                f"vggfeat.svm: {int((~done).sum())} of {P} problems ({what}) did not converge "
+                f"in max_iter={max_iter} epochs; increase max_iter or tol.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
+            done[:] = True
+        if done.any():
+            out[:, active[done]] = A[:, done]
+            epochs[active[done]] = epoch
+            if ticker is not None:
+                ticker(int(done.sum()))
+            keep = np.flatnonzero(~done)
+            active = active[keep]
+            if not len(active):
+                break
+            # take on axis 1 keeps rows contiguous (M[:, mask] would be Fortran-ordered,
+            # and every block's row gathers 50x slower).
+            Yf, U, A, G = (np.take(M, keep, axis=1) for M in (Yf, U, A, G))
+            D, pmax, pmin = D[keep], pmax[keep], pmin[keep]
+            F = np.take(F, keep, axis=1) if cpu else F[:, torch.from_numpy(keep).to(dev)]
+        hi = np.where(pmax > 0, pmax, np.inf)
+        lo = np.where(pmin < 0, pmin, -np.inf)
+    return out, epochs
 
 
 def _epoch(
@@ -1144,54 +1229,58 @@ def _epoch(
     U: np.ndarray,
     D: np.ndarray,
     visit: np.ndarray,
-    pool: Any,
     rng: Any,
     K32: np.ndarray | None = None,
 ) -> None:
     """One pass of coordinate descent over ``visit``, in blocks, updating A and F in place.
 
     Each block gets the passes of :data:`_PASSES` (:func:`vggfeat.sweep.sweep_block`), each in
-    a new random order, then one product brings every row's decision values up to date. The
-    (n, P) update of F by block t runs (in ``pool``'s worker on CPU, asynchronously on CUDA)
-    while block t+1 is swept: block t+1's rows get block t's effect at once from the (b, b)
-    part of block t's panel, and the rest of F is only read after the update is done.
+    a new random order, then one product brings every row's decision values up to date. On
+    CPU the products go into a float32 accumulator, in place (faster than a product and a
+    float64 addition per block), added to F at the end. On
+    a GPU the update by block t is queued while block t+1 is swept: block t+1's rows get
+    block t's effect at once from the (b, b) part of block t's panel.
 
     Args:
         K: (n, n) kernel: a numpy array on CPU, else a tensor. F: (n, P) decision values,
             the same kind. A, Yf, U: (n, P) duals, labels, upper bounds. D: (P,) diagonal
-            term. visit: coordinates in order.
-        pool: Single-worker executor on CPU, None on CUDA. rng: numpy Generator (orders).
-        K32: (n, n) float32 copy of K (CPU only): if given, the products read it.
+            term. visit: coordinates in order. rng: numpy Generator (orders).
+        K32: (n, n) float32 copy of K, which the products read (CPU only).
     """
     from vggfeat.sweep import sweep_block
 
-    cpu = isinstance(K, np.ndarray)
+    cpu = K32 is not None
     kinds = np.array(_PASSES, np.int64)
-    Kp = K32 if cpu and K32 is not None else K  # what the products read
-    running = None  # the update of F by block t-1, in flight
-    prev = None  # (panel (b, n), step (b, P)) of block t-1
+    if cpu:
+        acc = np.zeros(F.shape, np.float32)
+        buffer = np.empty((_BLOCK, len(K32)), np.float32)
+    prev = None  # GPU: (panel (b, n), step (b, P)) of block t-1, not yet applied
     for s in range(0, len(visit), _BLOCK):
         at = visit[s : s + _BLOCK]
-        if running is not None:
-            running.result()
-        # F[at] now holds the updates of all blocks before t-1.
         fb = _take_rows(F, at)
-        if prev is not None:
-            fb += _host(prev[0])[:, at].T.astype(np.float64) @ _host(prev[1], np.float64)
-            running = _add_product(F, *prev, pool)
-        panel = _take_rows(Kp, at, keep=True)
+        if cpu:
+            fb += acc[at]
+            panel = np.take(K32, at, axis=0, out=buffer[: len(at)])
+        else:
+            if prev is not None:
+                fb += _host(prev[0])[:, at].T.astype(np.float64) @ _host(prev[1], np.float64)
+                _add_product(F, *prev)
+            panel = _take_rows(K, at, keep=True)
         kbb = np.ascontiguousarray(_host(panel)[:, at], dtype=np.float64)
         old = A[at]
         new = old.copy()
         orders = np.argsort(rng.random((len(kinds), len(at))), axis=1)
         sweep_block(fb, new, Yf[at], U[at], D, kbb, orders, kinds)
         A[at] = new
-        step = Yf[at] * (new - old)
-        prev = (panel, _like(step, panel))
-    if running is not None:
-        running.result()
+        step = _like(Yf[at] * (new - old), panel)
+        if cpu:
+            _add_product(acc, panel, step)
+        else:
+            prev = (panel, step)
     if prev is not None:
-        _add_product(F, *prev, None)
+        _add_product(F, *prev)
+    if cpu:
+        F += acc
 
 
 def _take_rows(M: Any, at: np.ndarray, keep: bool = False) -> Any:
@@ -1222,22 +1311,16 @@ def _like(step: np.ndarray, panel: Any) -> Any:
     return torch.from_numpy(step).to(panel.device, panel.dtype)
 
 
-def _add_product(F: Any, panel: Any, step: Any, pool: Any) -> Any:
-    """``F += panel.T @ step``: in ``pool`` when given (returns its future), else now."""
-    if isinstance(panel, np.ndarray):
+def _add_product(F: Any, panel: Any, step: Any) -> None:
+    """``F += panel.T @ step`` in place, by torch (numpy arrays are viewed as tensors): it
+    releases the GIL, so the solver's threads multiply at once (scipy's BLAS wrappers hold
+    it); on a GPU the product is queued on the device stream."""
+    import torch
 
-        def run() -> None:
-            F.__iadd__(panel.T @ step)  # float32 products are accumulated in float64
+    def tensor(M: Any) -> Any:
+        return torch.from_numpy(M) if isinstance(M, np.ndarray) else M
 
-    else:
-
-        def run() -> None:
-            F.addmm_(panel.T, step)  # queued on the device stream
-
-    if pool is None:
-        run()
-        return None
-    return pool.submit(run)
+    tensor(F).addmm_(tensor(panel).T, tensor(step))
 
 
 def _gradient(Yf: np.ndarray, F: Any, D: np.ndarray, A: np.ndarray) -> np.ndarray:

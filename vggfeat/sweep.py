@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["COMPILED", "SINGLE", "PAIR", "sweep_block"]
+__all__ = ["COMPILED", "SINGLE", "PAIR", "sweep_block", "warm_up"]
 
 SINGLE, PAIR = 0, 1
 
@@ -223,3 +223,15 @@ def sweep_block(
         _passes_compiled(f, a, y, u, d, k, orders, kinds)
     else:
         _passes_numpy(f, a, y, u, d, k, orders, kinds)
+
+
+def warm_up() -> None:
+    """Load (or compile) the numba kernel now, on a tiny block: the first call costs about a
+    second even from numba's on-disk cache, so callers start this in a thread beside other
+    work (the Gram matrix) instead of paying it inside the first epoch."""
+    if COMPILED:
+        b, P = 2, 1
+        orders = np.tile(np.arange(b, dtype=np.int64), (2, 1))
+        kinds = np.array([SINGLE, PAIR], np.int64)
+        sweep_block(np.zeros((b, P)), np.zeros((b, P)), np.ones((b, P)), np.ones((b, P)),
+                    np.ones(P), np.eye(b), orders, kinds)  # fmt: skip

@@ -13,7 +13,8 @@ the grid and every cross-validation fold (a fold's problem uses the fold's rows 
 K). All (class, C) problems of a fold are solved together by dual coordinate descent, the
 method of liblinear, with the problems as the columns of matrices: a block of coordinates is
 updated exactly, one coordinate after another, and the decision values of all rows are then
-brought up to date with one matrix product. Convergence uses liblinear's test: the range of
+brought up to date with one matrix product (on CPU the folds run at once, in threads, and a
+single batch is split over two). Convergence uses liblinear's test: the range of
 the projected gradient over all coordinates is at most ``tol``. Chosen Cs are refitted on all
 training rows, warm-started from the fold solutions, and the weights ``w = sum_i a_i y_i x_i``
 are formed once at the end.
@@ -1097,9 +1098,9 @@ def _solve_dual(
     K = K.numpy()
     K32 = K.astype(np.float32)
     n, P = Y.shape
+    G = groups or _CPU_GROUPS
     by_C = np.argsort(C, kind="stable")
-    parts = [np.sort(by_C[g :: groups or _CPU_GROUPS]) for g in range(groups or _CPU_GROUPS)]
-    parts = [cols for cols in parts if len(cols)]
+    parts = [np.sort(by_C[g::G]) for g in range(min(G, P))]
     seeds = rng.integers(2**63 - 1, size=len(parts))
 
     def solve(g: int) -> tuple[np.ndarray, np.ndarray]:

@@ -892,8 +892,7 @@ def _cross_validate(
         return alpha
 
     if concurrent:
-        with _single_threaded_blas(), ThreadPoolExecutor(workers, "vggfeat-fold") as pool:
-            alphas = list(pool.map(solve, range(len(splits))))
+        alphas = _in_threads(solve, len(splits), workers)
     else:
         alphas = [solve(f) for f in range(len(splits))]
     for (tr, _), alpha in zip(splits, alphas):
@@ -1029,6 +1028,13 @@ def _warming_up() -> Iterator[None]:
         thread.join()
 
 
+def _in_threads(task: Callable[[int], Any], count: int, workers: int) -> list[Any]:
+    """``[task(i) for i in range(count)]`` in ``workers`` threads, with BLAS single-threaded
+    meanwhile (the threads divide the cores among themselves)."""
+    with _single_threaded_blas(), ThreadPoolExecutor(workers, "vggfeat-svm") as pool:
+        return list(pool.map(task, range(count)))
+
+
 @contextlib.contextmanager
 def _single_threaded_blas() -> Iterator[None]:
     """torch and BLAS single-threaded meanwhile: the solver's own threads share the cores,
@@ -1112,8 +1118,7 @@ def _solve_dual(
 
     if len(parts) == 1:  # in the caller's thread (a fold of the concurrent cross-validation)
         return solve(0)
-    with _single_threaded_blas(), ThreadPoolExecutor(len(parts), "vggfeat-svm") as pool:
-        solved = list(pool.map(solve, range(len(parts))))
+    solved = _in_threads(solve, len(parts), len(parts))
     alpha, epochs = np.empty((n, P)), np.empty(P, np.int64)
     for cols, (a, e) in zip(parts, solved):
         alpha[:, cols], epochs[cols] = a, e

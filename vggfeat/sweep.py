@@ -22,9 +22,9 @@ product) and cut the epochs, and so the products, several times (at VOC-2007 siz
 and C = 31.6: from about 100 epochs to about 20). Every step decreases the objective and every
 epoch still holds a full pass of single steps, so the method converges to the same optimum.
 
-The kernel is compiled with numba (``nogil``: it runs beside the block products of the other
-thread) when numba can be imported; otherwise the same steps run in numpy, vectorised over the
-problems (several times slower per pass).
+The kernel is compiled with numba (``nogil``: the solver's threads, one per fold or group of
+problems, sweep at once) when numba can be imported; otherwise the same steps run in numpy,
+vectorised over the problems (several times slower per pass).
 """
 
 from __future__ import annotations
